@@ -1,0 +1,361 @@
+//! Decodes a JSON record value into an [`Event`] holding only the columns the
+//! query reads, checking each value against its column's type.
+//!
+//! Types are declared per source, or inferred from the first non-null value:
+//! an integer column widens to DOUBLE when a decimal arrives; any other
+//! mismatch makes the record a dead letter, never a crash.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::{ColumnType, Event, Value};
+
+/// Why a record could not become an event. The text goes into the DLQ header.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// The value is not valid JSON.
+    #[error("value is not valid JSON: {0}")]
+    NotJson(String),
+    /// The value is JSON but not an object.
+    #[error("value is JSON but not an object; records must be JSON objects")]
+    NotObject,
+    /// A join-key field is absent or null.
+    #[error("join key field `{0}` is missing or null")]
+    MissingKey(String),
+    /// A field's value does not fit its column's type.
+    #[error("field `{column}` should be {expected} but is {found}")]
+    WrongType {
+        /// The field.
+        column: String,
+        /// The column's type.
+        expected: ColumnType,
+        /// What the value is.
+        found: &'static str,
+    },
+    /// The declared timestamp field is not epoch milliseconds or RFC 3339.
+    #[error("timestamp field `{column}` is not epoch milliseconds or an RFC 3339 time: {found}")]
+    BadTimestamp {
+        /// The field.
+        column: String,
+        /// What it held.
+        found: String,
+    },
+}
+
+/// The columns the query reads from one topic, their types, and which are keys.
+#[derive(Clone, Debug)]
+pub struct TopicSchema {
+    /// Topic name.
+    pub topic: String,
+    /// Column names, in the order of [`Event::values`].
+    pub columns: Vec<String>,
+    types: Vec<Option<ColumnType>>,
+    declared: Vec<bool>,
+    /// Column holding event time, if the source declares one.
+    pub timestamp_column: Option<usize>,
+    /// Columns that must be present and non-null (join keys).
+    pub key_columns: Vec<usize>,
+    version: u64,
+}
+
+impl TopicSchema {
+    /// A schema over `columns`; `declared` gives fixed types by column name.
+    pub fn new(
+        topic: &str,
+        columns: Vec<String>,
+        declared: &[(String, ColumnType)],
+        timestamp_column: Option<&str>,
+        key_columns: &[String],
+    ) -> Self {
+        let mut columns = columns;
+        for name in timestamp_column.into_iter().chain(key_columns.iter().map(String::as_str)) {
+            if !columns.iter().any(|c| c == name) {
+                columns.push(name.to_string());
+            }
+        }
+        let types = columns
+            .iter()
+            .map(|c| declared.iter().find(|(n, _)| n == c).map(|(_, t)| *t))
+            .collect::<Vec<_>>();
+        let declared_flags = types.iter().map(Option::is_some).collect();
+        let find = |name: &str| columns.iter().position(|c| c == name);
+        Self {
+            topic: topic.to_string(),
+            timestamp_column: timestamp_column.and_then(find),
+            key_columns: key_columns.iter().filter_map(|k| find(k)).collect(),
+            columns: columns.clone(),
+            types,
+            declared: declared_flags,
+            version: 0,
+        }
+    }
+
+    /// Index of a column by name.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c == name)
+    }
+
+    /// The type of a column, if declared or seen.
+    pub fn column_type(&self, column: usize) -> Option<ColumnType> {
+        self.types.get(column).copied().flatten()
+    }
+
+    /// Changes whenever a column's type becomes known or widens.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Decodes `value` into an event of topic number `topic_index`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode(
+        &mut self,
+        topic_index: u16,
+        partition: i32,
+        offset: i64,
+        kafka_timestamp: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<Event, DecodeError> {
+        let mut values = vec![Value::Null; self.columns.len()];
+        let mut de = serde_json::Deserializer::from_slice(value);
+        match de::Deserializer::deserialize_any(
+            &mut de,
+            ObjectVisitor {
+                columns: &self.columns,
+                values: &mut values,
+            },
+        ) {
+            Ok(true) => {}
+            Ok(false) => return Err(DecodeError::NotObject),
+            Err(e) => return Err(DecodeError::NotJson(e.to_string())),
+        }
+        de.end().map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        for &k in &self.key_columns {
+            if values[k].is_null() {
+                return Err(DecodeError::MissingKey(self.columns[k].clone()));
+            }
+        }
+        let timestamp = match self.timestamp_column {
+            Some(c) => timestamp_of(&self.columns[c], &values[c])?,
+            None => kafka_timestamp,
+        };
+        self.check_types(&mut values)?;
+        Ok(Event {
+            topic: topic_index,
+            partition,
+            offset,
+            timestamp,
+            key: key.map(Box::from),
+            values: values.into_boxed_slice(),
+        })
+    }
+
+    /// Checks every value against its column type, inferring and widening.
+    /// Types change only when the whole record is accepted.
+    fn check_types(&mut self, values: &mut [Value]) -> Result<(), DecodeError> {
+        let mut changes: Vec<(usize, ColumnType)> = Vec::new();
+        for (i, v) in values.iter_mut().enumerate() {
+            let Some(found) = v.inferred_type() else { continue };
+            match self.types[i] {
+                None => changes.push((i, found)),
+                Some(t) if t == found => {}
+                Some(ColumnType::Double) if found == ColumnType::BigInt => {
+                    if let Value::Int(n) = *v {
+                        *v = Value::Float(n as f64);
+                    }
+                }
+                Some(ColumnType::BigInt) if found == ColumnType::Double && !self.declared[i] => {
+                    changes.push((i, ColumnType::Double));
+                }
+                Some(ColumnType::Varchar) if self.declared[i] => {
+                    // A declared VARCHAR takes any scalar as its text.
+                    let text = match &*v {
+                        Value::Bool(b) => b.to_string(),
+                        Value::Int(n) => n.to_string(),
+                        Value::Float(f) => f.to_string(),
+                        _ => {
+                            return Err(DecodeError::WrongType {
+                                column: self.columns[i].clone(),
+                                expected: ColumnType::Varchar,
+                                found: v.kind(),
+                            })
+                        }
+                    };
+                    *v = Value::Str(text.into_boxed_str());
+                }
+                Some(expected) => {
+                    return Err(DecodeError::WrongType {
+                        column: self.columns[i].clone(),
+                        expected,
+                        found: v.kind(),
+                    })
+                }
+            }
+        }
+        if !changes.is_empty() {
+            for (i, t) in changes {
+                self.types[i] = Some(t);
+            }
+            self.version += 1;
+        }
+        Ok(())
+    }
+}
+
+fn timestamp_of(column: &str, value: &Value) -> Result<i64, DecodeError> {
+    match value {
+        Value::Int(ms) => Ok(*ms),
+        Value::Float(ms) if ms.is_finite() => Ok(*ms as i64),
+        Value::Str(s) => humantime::parse_rfc3339_weak(s)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .ok_or_else(|| DecodeError::BadTimestamp {
+                column: column.to_string(),
+                found: s.to_string(),
+            }),
+        other => Err(DecodeError::BadTimestamp {
+            column: column.to_string(),
+            found: other.kind().to_string(),
+        }),
+    }
+}
+
+/// Visits the top-level value; returns false when it is not an object.
+struct ObjectVisitor<'a> {
+    columns: &'a [String],
+    values: &'a mut [Value],
+}
+
+impl<'de> Visitor<'de> for ObjectVisitor<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match self.columns.iter().position(|c| *c == *key) {
+                Some(i) => {
+                    let raw: &RawValue = map.next_value()?;
+                    self.values[i] = value_of(raw).map_err(de::Error::custom)?;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+}
+
+fn value_of(raw: &RawValue) -> Result<Value, serde_json::Error> {
+    let text = raw.get();
+    Ok(match text.as_bytes().first() {
+        Some(b'{') | Some(b'[') => Value::Json(text.into()),
+        Some(b'"') => {
+            let s: Cow<'_, str> = serde_json::from_str(text)?;
+            Value::Str(s.into())
+        }
+        Some(b't') => Value::Bool(true),
+        Some(b'f') => Value::Bool(false),
+        Some(b'n') => Value::Null,
+        _ => match text.parse::<i64>() {
+            Ok(n) => Value::Int(n),
+            Err(_) => Value::Float(serde_json::from_str::<f64>(text)?),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> TopicSchema {
+        TopicSchema::new(
+            "t",
+            vec!["id".into(), "amount".into(), "meta".into()],
+            &[],
+            None,
+            &["id".to_string()],
+        )
+    }
+
+    #[test]
+    fn decodes_only_the_needed_columns() {
+        let mut s = schema();
+        let e = s
+            .decode(0, 1, 7, 1000, Some(b"k"), br#"{"id":"u1","skip":{"a":[1,2]},"amount":12,"meta":{"x":1}}"#)
+            .unwrap();
+        assert_eq!(e.values.as_ref(), &[Value::Str("u1".into()), Value::Int(12), Value::Json(r#"{"x":1}"#.into())]);
+        assert_eq!((e.partition, e.offset, e.timestamp), (1, 7, 1000));
+        assert_eq!(s.column_type(1), Some(ColumnType::BigInt));
+    }
+
+    #[test]
+    fn widens_integers_to_double_and_refuses_other_mismatches() {
+        let mut s = schema();
+        s.decode(0, 0, 0, 0, None, br#"{"id":"a","amount":1}"#).unwrap();
+        let v = s.version();
+        s.decode(0, 0, 1, 0, None, br#"{"id":"a","amount":1.5}"#).unwrap();
+        assert_eq!(s.column_type(1), Some(ColumnType::Double));
+        assert!(s.version() > v);
+        let e = s.decode(0, 0, 2, 0, None, br#"{"id":"a","amount":2}"#).unwrap();
+        assert_eq!(e.values[1], Value::Float(2.0));
+        let err = s.decode(0, 0, 3, 0, None, br#"{"id":"a","amount":"lots"}"#).unwrap_err();
+        assert_eq!(err.to_string(), "field `amount` should be DOUBLE but is a string");
+    }
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        let mut s = schema();
+        assert!(matches!(s.decode(0, 0, 0, 0, None, b"{nope"), Err(DecodeError::NotJson(_))));
+        assert_eq!(s.decode(0, 0, 0, 0, None, b"[1,2]").unwrap_err(), DecodeError::NotObject);
+        assert_eq!(
+            s.decode(0, 0, 0, 0, None, br#"{"amount":1}"#).unwrap_err(),
+            DecodeError::MissingKey("id".into())
+        );
+        assert!(matches!(s.decode(0, 0, 0, 0, None, br#"{"id":"a"} x"#), Err(DecodeError::NotJson(_))));
+        // A rejected record does not fix a column's type.
+        assert_eq!(s.column_type(1), None);
+    }
+
+    #[test]
+    fn reads_declared_timestamps() {
+        let mut s = TopicSchema::new("t", vec![], &[], Some("ts"), &[]);
+        let e = s.decode(0, 0, 0, 5, None, br#"{"ts":1700000000000}"#).unwrap();
+        assert_eq!(e.timestamp, 1_700_000_000_000);
+        let mut s = TopicSchema::new("t", vec![], &[], Some("ts"), &[]);
+        let e = s.decode(0, 0, 0, 5, None, br#"{"ts":"2023-11-14T22:13:20Z"}"#).unwrap();
+        assert_eq!(e.timestamp, 1_700_000_000_000);
+        assert!(s.decode(0, 0, 0, 5, None, br#"{"ts":"yesterday"}"#).is_err());
+    }
+}

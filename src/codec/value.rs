@@ -1,0 +1,132 @@
+//! Decoded values, column types and the shared, immutable [`Event`].
+
+use std::fmt;
+use std::str::FromStr;
+
+/// One decoded field value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// JSON null, or a field that is absent.
+    Null,
+    /// JSON true or false.
+    Bool(bool),
+    /// A JSON number without fraction or exponent that fits an i64.
+    Int(i64),
+    /// Any other JSON number.
+    Float(f64),
+    /// A JSON string.
+    Str(Box<str>),
+    /// A nested JSON object or array, kept as its JSON text.
+    Json(Box<str>),
+}
+
+impl Value {
+    /// True for [`Value::Null`].
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// Heap bytes this value holds beyond its inline size.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Value::Str(s) | Value::Json(s) => s.len(),
+            _ => 0,
+        }
+    }
+
+    /// What kind of JSON value this is, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a decimal number",
+            Value::Str(_) => "a string",
+            Value::Json(_) => "an object or array",
+        }
+    }
+
+    /// The type a value of this kind is inferred as.
+    pub fn inferred_type(&self) -> Option<ColumnType> {
+        match self {
+            Value::Null => None,
+            Value::Bool(_) => Some(ColumnType::Boolean),
+            Value::Int(_) => Some(ColumnType::BigInt),
+            Value::Float(_) => Some(ColumnType::Double),
+            Value::Str(_) => Some(ColumnType::Varchar),
+            Value::Json(_) => Some(ColumnType::Json),
+        }
+    }
+}
+
+/// The SQL type of a source column, as DuckDB sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ColumnType {
+    /// BOOLEAN
+    Boolean,
+    /// BIGINT
+    BigInt,
+    /// DOUBLE
+    Double,
+    /// VARCHAR
+    Varchar,
+    /// Nested JSON, passed to DuckDB as VARCHAR text.
+    Json,
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ColumnType::Boolean => "BOOLEAN",
+            ColumnType::BigInt => "BIGINT",
+            ColumnType::Double => "DOUBLE",
+            ColumnType::Varchar => "VARCHAR",
+            ColumnType::Json => "JSON",
+        })
+    }
+}
+
+impl FromStr for ColumnType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim().to_ascii_uppercase().as_str() {
+            "BOOLEAN" | "BOOL" => ColumnType::Boolean,
+            "BIGINT" | "INT" | "INTEGER" | "LONG" | "INT64" => ColumnType::BigInt,
+            "DOUBLE" | "FLOAT" | "REAL" | "FLOAT64" => ColumnType::Double,
+            "VARCHAR" | "STRING" | "TEXT" => ColumnType::Varchar,
+            "JSON" => ColumnType::Json,
+            other => {
+                return Err(format!(
+                    "`{other}` is not a column type; use BOOLEAN, BIGINT, DOUBLE, VARCHAR or JSON"
+                ))
+            }
+        })
+    }
+}
+
+/// A decoded record, shared by reference between state and joined rows.
+#[derive(Debug)]
+pub struct Event {
+    /// Index of the topic in the pipeline.
+    pub topic: u16,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+    /// Event time, epoch milliseconds.
+    pub timestamp: i64,
+    /// The Kafka key, if any.
+    pub key: Option<Box<[u8]>>,
+    /// One value per column of the topic's schema.
+    pub values: Box<[Value]>,
+}
+
+impl Event {
+    /// Approximate bytes this event holds (for state size metrics).
+    pub fn size_bytes(&self) -> usize {
+        std::mem::size_of::<Event>()
+            + self.key.as_ref().map_or(0, |k| k.len())
+            + self.values.len() * std::mem::size_of::<Value>()
+            + self.values.iter().map(Value::heap_bytes).sum::<usize>()
+    }
+}

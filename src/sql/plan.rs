@@ -1,0 +1,708 @@
+//! From SQL text to a [`QueryPlan`], refusing what cannot run incrementally.
+
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{
+    BinaryOperator, Distinct, Expr, GroupByExpr, Join as AstJoin, JoinConstraint, JoinOperator,
+    ObjectNamePart, Query, Select, SelectItem, SetExpr, Spanned, Statement, TableFactor,
+    TableWithJoins, Visit, Visitor,
+};
+use sqlparser::dialect::DuckDbDialect;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::Span;
+
+use super::{
+    ColumnRef, Join, JoinKind, OutputColumn, QueryPlan, Role, Source, SqlError, SqlPosition,
+};
+
+/// Functions that aggregate over rows; a stream join has no group to aggregate.
+const AGGREGATES: &[&str] = &[
+    "count", "sum", "avg", "min", "max", "string_agg", "array_agg", "list", "first", "last",
+    "any_value", "median", "mode", "stddev", "variance", "group_concat", "bool_and", "bool_or",
+];
+
+fn at(span: Span) -> SqlPosition {
+    if span.start.line == 0 {
+        SqlPosition { line: 1, column: 1 }
+    } else {
+        SqlPosition {
+            line: span.start.line as usize,
+            column: span.start.column as usize,
+        }
+    }
+}
+
+/// Plans `sql`; `dimensions` lists the topics that are reference tables.
+pub fn plan_query(sql: &str, dimensions: &[String]) -> Result<QueryPlan, SqlError> {
+    let statements = Parser::parse_sql(&DuckDbDialect {}, sql).map_err(parse_error)?;
+    let statement = match statements.as_slice() {
+        [one] => one,
+        [] => {
+            return Err(SqlError::new(SqlPosition::default(), "the query is empty")
+                .help("write one SELECT ... FROM ... statement"))
+        }
+        [_, second, ..] => {
+            return Err(SqlError::new(
+                at(second.span()),
+                "the query holds more than one statement",
+            )
+            .help("a pipeline runs one SELECT; put other queries in other pipeline files"))
+        }
+    };
+    let Statement::Query(query) = statement else {
+        return Err(
+            SqlError::new(at(statement.span()), "only a SELECT query can be a pipeline")
+                .help("write SELECT ... FROM stream [JOIN other ON ...] [WHERE ...]"),
+        );
+    };
+    let select = check_query_shape(query)?;
+    Planner::new(dimensions).plan(select)
+}
+
+fn parse_error(err: ParserError) -> SqlError {
+    let text = match &err {
+        ParserError::ParserError(m) | ParserError::TokenizerError(m) => m.clone(),
+        ParserError::RecursionLimitExceeded => "the query nests too deeply".to_string(),
+    };
+    // sqlparser appends " at Line: L, Column: C" to its messages.
+    let number_after = |label: &str| -> Option<usize> {
+        let start = text.find(label)? + label.len();
+        let digits: String = text[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let position = SqlPosition {
+        line: number_after("Line: ").unwrap_or(1),
+        column: number_after("Column: ").unwrap_or(1),
+    };
+    let message = match text.find(" at Line: ") {
+        Some(cut) => text[..cut].to_string(),
+        None => text.clone(),
+    };
+    SqlError::new(position, format!("the SQL does not parse: {message}"))
+        .help("check the syntax near this position")
+}
+
+fn check_query_shape(query: &Query) -> Result<&Select, SqlError> {
+    let refuse = |span: Span, what: &str, help: &str| {
+        Err(SqlError::new(at(span), format!("{what} is not supported in a stream join")).help(help))
+    };
+    if let Some(with) = &query.with {
+        return refuse(with.span(), "WITH (a common table expression)", "write the joins directly in FROM");
+    }
+    if let Some(order) = &query.order_by {
+        return refuse(order.span(), "ORDER BY", "output keeps the order of the driving events per key; remove ORDER BY");
+    }
+    if let Some(limit) = &query.limit_clause {
+        return refuse(limit.span(), "LIMIT", "a stream has no end to limit; filter with WHERE instead");
+    }
+    if query.fetch.is_some() {
+        return refuse(query.span(), "FETCH", "filter with WHERE instead");
+    }
+    let select = match query.body.as_ref() {
+        SetExpr::Select(select) => select.as_ref(),
+        other => {
+            return refuse(
+                other.span(),
+                "a set operation (UNION, INTERSECT, EXCEPT, VALUES)",
+                "write one SELECT per pipeline",
+            )
+        }
+    };
+    if let Some(distinct) = &select.distinct {
+        let span = match distinct {
+            Distinct::On(exprs) => exprs.first().map(|e| e.span()).unwrap_or(select.span()),
+            Distinct::Distinct => select.span(),
+        };
+        return refuse(span, "DISTINCT", "output is append-only; remove DISTINCT");
+    }
+    let grouped = match &select.group_by {
+        GroupByExpr::All(_) => true,
+        GroupByExpr::Expressions(exprs, _) => !exprs.is_empty(),
+    };
+    if grouped {
+        return refuse(select.group_by.span(), "GROUP BY (aggregation)", "aggregations are not implemented yet; join and enrich here, aggregate downstream");
+    }
+    if let Some(having) = &select.having {
+        return refuse(having.span(), "HAVING", "aggregations are not implemented yet");
+    }
+    if let Some(qualify) = &select.qualify {
+        return refuse(qualify.span(), "QUALIFY", "window functions are not implemented yet");
+    }
+    if !select.named_window.is_empty() || select.top.is_some() || select.into.is_some() {
+        return refuse(select.span(), "WINDOW, TOP or INTO", "remove it");
+    }
+    if !select.lateral_views.is_empty() {
+        return refuse(select.span(), "LATERAL VIEW", "remove it");
+    }
+    Ok(select)
+}
+
+struct Planner<'a> {
+    dimensions: &'a [String],
+    sources: Vec<Source>,
+    source_spans: Vec<Span>,
+}
+
+/// A reference to a column, before resolution: optional qualifier and name.
+fn column_parts(expr: &Expr) -> Option<(Option<&sqlparser::ast::Ident>, &sqlparser::ast::Ident)> {
+    match expr {
+        Expr::Identifier(name) => Some((None, name)),
+        Expr::CompoundIdentifier(parts) if parts.len() == 2 => Some((Some(&parts[0]), &parts[1])),
+        _ => None,
+    }
+}
+
+fn split_and(expr: &Expr, out: &mut Vec<Expr>) {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            split_and(left, out);
+            split_and(right, out);
+        }
+        Expr::Nested(inner) => split_and(inner, out),
+        other => out.push(other.clone()),
+    }
+}
+
+fn and_all(mut exprs: Vec<Expr>) -> Option<Expr> {
+    let first = if exprs.is_empty() {
+        return None;
+    } else {
+        exprs.remove(0)
+    };
+    Some(exprs.into_iter().fold(first, |acc, e| Expr::BinaryOp {
+        left: Box::new(acc),
+        op: BinaryOperator::And,
+        right: Box::new(e),
+    }))
+}
+
+impl<'a> Planner<'a> {
+    fn new(dimensions: &'a [String]) -> Self {
+        Self {
+            dimensions,
+            sources: Vec::new(),
+            source_spans: Vec::new(),
+        }
+    }
+
+    fn plan(mut self, select: &Select) -> Result<QueryPlan, SqlError> {
+        let from: &TableWithJoins = match select.from.as_slice() {
+            [one] => one,
+            [] => {
+                return Err(SqlError::new(at(select.span()), "the query reads no topic")
+                    .help("write FROM <topic> [JOIN <topic> ON ...]"))
+            }
+            [_, second, ..] => {
+                return Err(SqlError::new(
+                    at(second.relation.span()),
+                    "a comma join (FROM a, b) is not supported",
+                )
+                .help("write FROM a JOIN b ON a.key = b.key"))
+            }
+        };
+        self.add_source(&from.relation)?;
+        if self.sources[0].role == Role::Dimension {
+            return Err(SqlError::new(
+                at(from.relation.span()),
+                format!(
+                    "the FROM source `{}` is listed in state.dimensions, but the FROM source drives the pipeline and must be an event stream",
+                    self.sources[0].topic
+                ),
+            )
+            .help("put the event stream in FROM and JOIN the dimension to it"));
+        }
+        let mut filters = Vec::new();
+        let mut joins = Vec::new();
+        for join in &from.joins {
+            let (j, residual) = self.add_join(join)?;
+            joins.push(j);
+            filters.extend(residual);
+        }
+        let mut outputs = Vec::new();
+        let mut names = HashSet::new();
+        for item in &select.projection {
+            let (name, expr) = match item {
+                SelectItem::UnnamedExpr(expr) => {
+                    let name = match column_parts(expr) {
+                        Some((_, col)) => col.value.clone(),
+                        None => expr.to_string(),
+                    };
+                    (name, expr.clone())
+                }
+                SelectItem::ExprWithAlias { expr, alias } => (alias.value.clone(), expr.clone()),
+                SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                    return Err(SqlError::new(
+                        at(item.span()),
+                        "`*` is not supported: sources have no fixed schema to expand",
+                    )
+                    .help("list the output columns, for example SELECT e.user_id, p.plan"))
+                }
+            };
+            self.check_expr(&expr)?;
+            if !names.insert(name.clone()) {
+                return Err(SqlError::new(
+                    at(item.span()),
+                    format!("two output columns are named `{name}`"),
+                )
+                .help("give one of them another name with AS"));
+            }
+            outputs.push(OutputColumn { name, expr });
+        }
+        if outputs.is_empty() {
+            return Err(SqlError::new(at(select.span()), "the SELECT list is empty"));
+        }
+        if let Some(selection) = &select.selection {
+            self.check_expr(selection)?;
+            filters.push(selection.clone());
+        }
+        let filter = and_all(filters);
+        let mut plan = QueryPlan {
+            sources: Vec::new(),
+            joins,
+            outputs,
+            filter,
+            stream_key: Vec::new(),
+        };
+        self.check_stream_keys(&mut plan)?;
+        plan.sources = self.sources;
+        Ok(plan)
+    }
+
+    fn add_source(&mut self, factor: &TableFactor) -> Result<usize, SqlError> {
+        let TableFactor::Table {
+            name, alias, args, ..
+        } = factor
+        else {
+            return Err(SqlError::new(
+                at(factor.span()),
+                "only topics can be joined; a subquery or table function is not supported",
+            )
+            .help("join the topic itself and move the subquery's conditions to WHERE"));
+        };
+        if args.is_some() {
+            return Err(SqlError::new(at(factor.span()), "a table function is not supported")
+                .help("name a Kafka topic"));
+        }
+        let topic = name
+            .0
+            .iter()
+            .map(|p| match p {
+                ObjectNamePart::Identifier(ident) => ident.value.clone(),
+                ObjectNamePart::Function(f) => f.name.value.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(".");
+        let alias_name = alias
+            .as_ref()
+            .map(|a| a.name.value.clone())
+            .unwrap_or_else(|| topic.clone());
+        if let Some(prev) = self.sources.iter().position(|s| s.alias == alias_name) {
+            return Err(SqlError::new(
+                at(factor.span()),
+                format!("`{alias_name}` names two sources"),
+            )
+            .help(format!(
+                "give the second use of `{}` its own alias, for example `{} AS {}2`",
+                self.sources[prev].topic, topic, alias_name
+            )));
+        }
+        let role = if self.dimensions.iter().any(|d| d == &topic) {
+            Role::Dimension
+        } else {
+            Role::Stream
+        };
+        if role == Role::Stream {
+            if let Some(prev) = self.sources.iter().find(|s| s.topic == topic) {
+                return Err(SqlError::new(
+                    at(factor.span()),
+                    format!(
+                        "the event stream `{topic}` is read twice (as `{}` and `{alias_name}`)",
+                        prev.alias
+                    ),
+                )
+                .help("a self-join of an event stream is not supported; only dimensions can be joined more than once"));
+            }
+        }
+        self.sources.push(Source {
+            alias: alias_name,
+            topic,
+            role,
+            columns: Vec::new(),
+        });
+        self.source_spans.push(factor.span());
+        Ok(self.sources.len() - 1)
+    }
+
+    /// Resolves a column reference against the sources known so far.
+    fn resolve(&mut self, expr: &Expr) -> Result<Option<ColumnRef>, SqlError> {
+        let Some((qualifier, name)) = column_parts(expr) else {
+            if let Expr::CompoundIdentifier(parts) = expr {
+                return Err(SqlError::new(
+                    at(expr.span()),
+                    format!("`{expr}` has {} parts; a column is written source.column", parts.len()),
+                )
+                .help("nested fields arrive as JSON text: use json_extract_string(e.payload, '$.field')"));
+            }
+            return Ok(None);
+        };
+        let source = match qualifier {
+            Some(q) => self
+                .sources
+                .iter()
+                .position(|s| s.alias == q.value)
+                .ok_or_else(|| {
+                    let known: Vec<_> = self.sources.iter().map(|s| s.alias.as_str()).collect();
+                    SqlError::new(at(q.span), format!("`{}` is not a source of this query here", q.value))
+                        .help(format!("the sources known at this point are: {}", known.join(", ")))
+                })?,
+            None if self.sources.len() == 1 => 0,
+            None => {
+                return Err(SqlError::new(
+                    at(name.span),
+                    format!("the column `{}` is not qualified with its source", name.value),
+                )
+                .help(format!(
+                    "write it as <source>.{}, for example {}.{}",
+                    name.value, self.sources[0].alias, name.value
+                )))
+            }
+        };
+        let columns = &mut self.sources[source].columns;
+        let column = match columns.iter().position(|c| c == &name.value) {
+            Some(i) => i,
+            None => {
+                columns.push(name.value.clone());
+                columns.len() - 1
+            }
+        };
+        Ok(Some(ColumnRef { source, column }))
+    }
+
+    /// Refuses subqueries, aggregates and window functions; records every column used.
+    fn check_expr(&mut self, expr: &Expr) -> Result<(), SqlError> {
+        struct Collect<'e> {
+            found: Vec<&'e Expr>,
+            problem: Option<SqlError>,
+        }
+        impl Visitor for Collect<'_> {
+            type Break = ();
+            fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+                let refuse = |what: &str, help: &str| {
+                    SqlError::new(at(expr.span()), format!("{what} is not supported in a stream join")).help(help)
+                };
+                let problem = match expr {
+                    Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => Some(refuse(
+                        "a subquery",
+                        "join the topic instead, or filter with WHERE",
+                    )),
+                    Expr::Function(f) if f.over.is_some() => Some(refuse(
+                        "a window function (OVER)",
+                        "window functions are not implemented yet",
+                    )),
+                    Expr::Function(f) => {
+                        let name = f.name.to_string().to_ascii_lowercase();
+                        AGGREGATES.contains(&name.as_str()).then(|| {
+                            refuse(
+                                &format!("the aggregate `{name}`"),
+                                "aggregations are not implemented yet; join and enrich here, aggregate downstream",
+                            )
+                        })
+                    }
+                    _ => None,
+                };
+                if let Some(p) = problem {
+                    self.problem = Some(p);
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let mut collect = Collect {
+            found: Vec::new(),
+            problem: None,
+        };
+        let _ = expr.visit(&mut collect);
+        if let Some(p) = collect.problem {
+            return Err(p);
+        }
+        let mut refs = Vec::new();
+        collect_columns(expr, &mut refs);
+        let _ = collect.found;
+        for r in refs {
+            self.resolve(&r)?;
+        }
+        Ok(())
+    }
+
+    fn add_join(&mut self, join: &AstJoin) -> Result<(Join, Vec<Expr>), SqlError> {
+        let span = join.relation.span();
+        let (kind, constraint) = match &join.join_operator {
+            JoinOperator::Join(c) | JoinOperator::Inner(c) => (JoinKind::Inner, c),
+            JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (JoinKind::Left, c),
+            JoinOperator::Right(_) | JoinOperator::RightOuter(_) => {
+                return Err(SqlError::new(at(span), "RIGHT JOIN is not supported yet")
+                    .help("put the driving event stream in FROM and LEFT JOIN the other side"))
+            }
+            JoinOperator::FullOuter(_) => {
+                return Err(SqlError::new(at(span), "FULL JOIN is not supported yet")
+                    .help("use LEFT JOIN from the driving event stream"))
+            }
+            JoinOperator::CrossJoin(_) => {
+                return Err(SqlError::new(at(span), "CROSS JOIN is not supported")
+                    .help("join on an equality: JOIN b ON a.key = b.key"))
+            }
+            _ => {
+                return Err(SqlError::new(at(span), "this kind of join is not supported")
+                    .help("use JOIN (INNER) or LEFT JOIN with ON a.key = b.key"))
+            }
+        };
+        let on = match constraint {
+            JoinConstraint::On(expr) => expr,
+            JoinConstraint::Using(_) | JoinConstraint::Natural | JoinConstraint::None => {
+                return Err(SqlError::new(at(span), "a join needs an ON clause")
+                    .help("write ON a.key = b.key (USING and NATURAL are not supported)"))
+            }
+        };
+        let source = self.add_source(&join.relation)?;
+        self.check_expr(on)?;
+        let mut conjuncts = Vec::new();
+        split_and(on, &mut conjuncts);
+        let mut keys = Vec::new();
+        let mut residual = Vec::new();
+        for c in conjuncts {
+            if let Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } = &c
+            {
+                if let (Some(l), Some(r)) = (self.resolve(left)?, self.resolve(right)?) {
+                    if l.source == source && r.source < source {
+                        keys.push((r, l.column));
+                        continue;
+                    }
+                    if r.source == source && l.source < source {
+                        keys.push((l, r.column));
+                        continue;
+                    }
+                }
+            }
+            residual.push(c);
+        }
+        if keys.is_empty() {
+            return Err(SqlError::new(
+                at(on.span()),
+                format!(
+                    "the ON clause of `{}` has no equality between one of its columns and a column of an earlier source",
+                    self.sources[source].alias
+                ),
+            )
+            .help(format!(
+                "join on a key, for example ON {}.id = {}.id; other conditions may follow with AND",
+                self.sources[0].alias, self.sources[source].alias
+            )));
+        }
+        Ok((Join { source, kind, keys }, residual))
+    }
+
+    /// Event streams must all join the driving stream on one key.
+    fn check_stream_keys(&self, plan: &mut QueryPlan) -> Result<(), SqlError> {
+        for join in &plan.joins {
+            let source = &self.sources[join.source];
+            if source.role != Role::Stream {
+                continue;
+            }
+            let span = self.source_spans[join.source];
+            if let Some((probe, _)) = join.keys.iter().find(|(p, _)| p.source != 0) {
+                return Err(SqlError::new(
+                    at(span),
+                    format!(
+                        "the event stream `{}` joins `{}`, not the driving stream `{}`",
+                        source.alias, self.sources[probe.source].alias, self.sources[0].alias
+                    ),
+                )
+                .help(format!(
+                    "join every event stream to the FROM stream on its key, for example ON {}.key = {}.key; if `{}` is a reference table, list it under state.dimensions",
+                    self.sources[0].alias, source.alias, source.topic
+                )));
+            }
+            let mut key: Vec<usize> = join.keys.iter().map(|(p, _)| p.column).collect();
+            key.sort_unstable();
+            key.dedup();
+            if plan.stream_key.is_empty() {
+                plan.stream_key = key;
+            } else if plan.stream_key != key {
+                let name = |cols: &[usize]| {
+                    cols.iter()
+                        .map(|c| format!("{}.{}", self.sources[0].alias, self.sources[0].columns[*c]))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(SqlError::new(
+                    at(span),
+                    format!(
+                        "the event stream `{}` joins on {}, but another event stream joins on {}",
+                        source.alias,
+                        name(&key),
+                        name(&plan.stream_key)
+                    ),
+                )
+                .help("event streams joined with each other must share one key and be co-partitioned by it; join dimensions on other columns"));
+            }
+        }
+        // Order every stream join's keys by the driving column, so lookups agree.
+        for join in &mut plan.joins {
+            if self.sources[join.source].role == Role::Stream {
+                join.keys.sort_by_key(|(p, _)| p.column);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every column reference (plain or qualified) inside `expr`.
+pub(super) fn collect_columns(expr: &Expr, out: &mut Vec<Expr>) {
+    struct Cols<'o>(&'o mut Vec<Expr>);
+    impl Visitor for Cols<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_)) {
+                self.0.push(expr.clone());
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = expr.visit(&mut Cols(out));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    const SPEC: &str = "SELECT e.user_id, e.event_type, e.ts, p.plan, p.country, t.amount
+FROM user_events e
+LEFT JOIN user_profiles p ON e.user_id = p.user_id
+LEFT JOIN transactions t ON e.user_id = t.user_id
+WHERE e.event_type <> 'heartbeat'";
+
+    #[test]
+    fn plans_the_spec_example() {
+        let plan = plan_query(SPEC, &dims(&["user_profiles"])).unwrap();
+        let roles: Vec<_> = plan.sources.iter().map(|s| (s.alias.as_str(), s.role)).collect();
+        assert_eq!(
+            roles,
+            vec![("e", Role::Stream), ("p", Role::Dimension), ("t", Role::Stream)]
+        );
+        assert_eq!(plan.sources[0].columns, vec!["user_id", "event_type", "ts"]);
+        assert_eq!(plan.joins.len(), 2);
+        assert_eq!(plan.joins[0].kind, JoinKind::Left);
+        assert_eq!(
+            plan.joins[0].keys,
+            vec![(ColumnRef { source: 0, column: 0 }, 0)]
+        );
+        let names: Vec<_> = plan.outputs.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["user_id", "event_type", "ts", "plan", "country", "amount"]);
+        assert_eq!(plan.filter.as_ref().unwrap().to_string(), "e.event_type <> 'heartbeat'");
+        assert_eq!(plan.stream_key, vec![0]);
+    }
+
+    #[test]
+    fn compound_keys_and_residual_on_predicates() {
+        let plan = plan_query(
+            "SELECT o.id, p.amount FROM orders o JOIN payments p ON o.id = p.order_id AND o.region = p.region AND p.amount > 0",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(plan.joins[0].keys.len(), 2);
+        assert_eq!(plan.filter.unwrap().to_string(), "p.amount > 0");
+        assert_eq!(plan.stream_key, vec![0, 1]);
+    }
+
+    #[test]
+    fn chains_through_dimensions() {
+        let plan = plan_query(
+            "SELECT e.id, c.name FROM ev e JOIN p ON e.uid = p.uid JOIN countries c ON p.country = c.code",
+            &dims(&["p", "countries"]),
+        )
+        .unwrap();
+        assert_eq!(plan.joins[1].keys[0].0, ColumnRef { source: 1, column: 1 });
+        assert!(!plan.has_stream_joins());
+    }
+
+    fn refusal(sql: &str, dims_: &[&str]) -> SqlError {
+        plan_query(sql, &dims(dims_)).unwrap_err()
+    }
+
+    #[test]
+    fn refuses_right_and_full_joins_with_position() {
+        let e = refusal("SELECT a.x FROM a\nRIGHT JOIN b ON a.x = b.x", &[]);
+        assert!(e.message.contains("RIGHT JOIN"), "{e:?}");
+        assert_eq!(e.position.line, 2);
+        let e = refusal("SELECT a.x FROM a FULL JOIN b ON a.x = b.x", &[]);
+        assert!(e.message.contains("FULL JOIN"));
+    }
+
+    #[test]
+    fn refuses_aggregation_subqueries_and_non_equi_joins() {
+        assert!(refusal("SELECT a.x FROM a GROUP BY a.x", &[]).message.contains("GROUP BY"));
+        assert!(refusal("SELECT count(a.x) FROM a", &[]).message.contains("aggregate"));
+        assert!(refusal("SELECT a.x FROM a WHERE a.x IN (SELECT y FROM b)", &[])
+            .message
+            .contains("subquery"));
+        assert!(refusal("SELECT a.x FROM (SELECT 1 AS x) a", &[])
+            .message
+            .contains("subquery"));
+        let e = refusal("SELECT a.x FROM a JOIN b ON a.x > b.x", &[]);
+        assert!(e.message.contains("no equality"), "{e:?}");
+    }
+
+    #[test]
+    fn refuses_stream_joins_on_different_keys() {
+        let e = refusal(
+            "SELECT a.x FROM a JOIN b ON a.x = b.x JOIN c ON a.y = c.y",
+            &[],
+        );
+        assert!(e.message.contains("another event stream"), "{e:?}");
+        let e = refusal(
+            "SELECT a.x FROM a JOIN b ON a.x = b.x JOIN c ON b.x = c.x",
+            &[],
+        );
+        assert!(e.message.contains("not the driving stream"), "{e:?}");
+    }
+
+    #[test]
+    fn refuses_a_dimension_in_from_and_unqualified_columns() {
+        assert!(refusal("SELECT d.x FROM d", &["d"]).message.contains("drives"));
+        let e = refusal("SELECT x FROM a JOIN b ON a.x = b.x", &[]);
+        assert!(e.message.contains("not qualified"), "{e:?}");
+        assert!(refusal("SELECT * FROM a", &[]).message.contains("`*`"));
+    }
+
+    #[test]
+    fn reports_parse_errors_with_position() {
+        let e = refusal("SELECT a.x\nFROM a WHERE a.x = = 1", &[]);
+        assert!(e.message.contains("does not parse"), "{e:?}");
+        assert_eq!(e.position.line, 2);
+    }
+
+    #[test]
+    fn names_expressions_by_alias_or_text() {
+        let plan = plan_query("SELECT a.x * 2 AS double_x, upper(a.y) FROM a", &[]).unwrap();
+        assert_eq!(plan.outputs[0].name, "double_x");
+        assert_eq!(plan.outputs[1].name, "upper(a.y)");
+        let e = refusal("SELECT a.x, a.y AS x FROM a", &[]);
+        assert!(e.message.contains("two output columns"));
+    }
+}

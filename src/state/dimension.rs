@@ -1,0 +1,200 @@
+//! State of a dimension: the latest record per Kafka key (like a Kafka
+//! Streams GlobalKTable), indexed by the column(s) the query joins it on.
+//! A tombstone (null value) deletes the key.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{is_live, new_shards, shard_of, Shard, ShardStats};
+use crate::codec::Event;
+
+/// Where the current record of a primary key sits.
+#[derive(Debug)]
+struct Located {
+    index_hash: u64,
+    index_key: Box<[u8]>,
+    event: Arc<Event>,
+}
+
+/// Latest record per primary key, looked up by join key, in 256 shards.
+#[derive(Debug)]
+pub struct DimensionTable {
+    shards: Vec<Shard>,
+    primary: HashMap<Box<[u8]>, Located>,
+    ttl_ms: Option<i64>,
+}
+
+impl DimensionTable {
+    /// An empty table; `ttl_ms` is None unless an override makes it expire.
+    pub fn new(ttl_ms: Option<i64>) -> Self {
+        Self {
+            shards: new_shards(),
+            primary: HashMap::new(),
+            ttl_ms,
+        }
+    }
+
+    /// The TTL in milliseconds, if an override set one.
+    pub fn ttl_ms(&self) -> Option<i64> {
+        self.ttl_ms
+    }
+
+    /// Number of primary keys held.
+    pub fn len(&self) -> usize {
+        self.primary.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.primary.is_empty()
+    }
+
+    /// Sets the record of `primary` (the Kafka key, or the join key when the
+    /// record has none) to `event`, indexed under join key `index_key`.
+    pub fn upsert(&mut self, primary: &[u8], index_hash: u64, index_key: &[u8], event: Arc<Event>) {
+        self.delete(primary);
+        let shard = &mut self.shards[shard_of(index_hash)];
+        shard.stats.add(&event);
+        shard
+            .bucket_mut(index_hash, index_key)
+            .events
+            .push(event.clone());
+        self.primary.insert(
+            primary.into(),
+            Located {
+                index_hash,
+                index_key: index_key.into(),
+                event,
+            },
+        );
+    }
+
+    /// Removes the record of `primary`; returns whether there was one.
+    pub fn delete(&mut self, primary: &[u8]) -> bool {
+        let Some(old) = self.primary.remove(primary) else {
+            return false;
+        };
+        let shard = &mut self.shards[shard_of(old.index_hash)];
+        if let Some(bucket) = shard
+            .buckets
+            .find_mut(old.index_hash, |b| b.hash == old.index_hash && *b.key == *old.index_key)
+        {
+            if let Some(pos) = bucket.events.iter().position(|e| Arc::ptr_eq(e, &old.event)) {
+                let removed = bucket.events.swap_remove(pos);
+                shard.stats.remove(&removed);
+            }
+        }
+        shard.remove_if_empty(old.index_hash, &old.index_key);
+        true
+    }
+
+    /// Every record under `key`, live or not (callers filter with [`super::is_live`]).
+    pub fn events(&self, hash: u64, key: &[u8]) -> &[Arc<Event>] {
+        self.shards[shard_of(hash)]
+            .bucket(hash, key)
+            .map_or(&[], |b| b.events.as_slice())
+    }
+
+    /// Live records whose join key is `key`.
+    pub fn lookup<'a>(
+        &'a self,
+        hash: u64,
+        key: &[u8],
+        watermark: i64,
+    ) -> impl Iterator<Item = &'a Arc<Event>> + 'a {
+        let ttl = self.ttl_ms;
+        self.shards[shard_of(hash)]
+            .bucket(hash, key)
+            .into_iter()
+            .flat_map(|b| b.events.iter())
+            .filter(move |e| is_live(e.timestamp, ttl, watermark))
+    }
+
+    /// Removes expired records when an override gave the dimension a TTL.
+    pub fn expire(&mut self, watermark: i64) -> u64 {
+        let Some(ttl) = self.ttl_ms else { return 0 };
+        let expired: Vec<Box<[u8]>> = self
+            .primary
+            .iter()
+            .filter(|(_, l)| !is_live(l.event.timestamp, Some(ttl), watermark))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &expired {
+            if let Some(l) = self.primary.get(k) {
+                let shard = shard_of(l.index_hash);
+                self.delete(k);
+                self.shards[shard].stats.evictions += 1;
+            }
+        }
+        expired.len() as u64
+    }
+
+    /// Counters of every shard.
+    pub fn shard_stats(&self) -> impl Iterator<Item = &ShardStats> {
+        self.shards.iter().map(|s| &s.stats)
+    }
+
+    /// Counters summed over shards.
+    pub fn stats(&self) -> ShardStats {
+        let mut total = ShardStats::default();
+        for s in self.shard_stats() {
+            total.merge(s);
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{hash_key, Value};
+
+    fn event(ts: i64, plan: &str) -> Arc<Event> {
+        Arc::new(Event {
+            topic: 1,
+            partition: 0,
+            offset: ts,
+            timestamp: ts,
+            key: None,
+            values: vec![Value::Str(plan.into())].into_boxed_slice(),
+        })
+    }
+
+    #[test]
+    fn keeps_the_latest_value_per_key_and_deletes_on_tombstone() {
+        let mut t = DimensionTable::new(None);
+        let h = hash_key(b"u1");
+        t.upsert(b"u1", h, b"u1", event(1, "free"));
+        t.upsert(b"u1", h, b"u1", event(2, "pro"));
+        let found: Vec<_> = t.lookup(h, b"u1", i64::MAX).map(|e| e.values[0].clone()).collect();
+        assert_eq!(found, vec![Value::Str("pro".into())]);
+        assert_eq!(t.stats().entries, 1);
+        assert!(t.delete(b"u1"));
+        assert_eq!(t.lookup(h, b"u1", 0).count(), 0);
+        assert_eq!(t.stats().entries, 0);
+        assert!(!t.delete(b"u1"));
+    }
+
+    #[test]
+    fn a_primary_key_can_move_to_another_join_key() {
+        let mut t = DimensionTable::new(None);
+        let (ha, hb) = (hash_key(b"DE"), hash_key(b"FR"));
+        t.upsert(b"user1", ha, b"DE", event(1, "x"));
+        t.upsert(b"user2", ha, b"DE", event(1, "y"));
+        assert_eq!(t.lookup(ha, b"DE", 0).count(), 2);
+        t.upsert(b"user1", hb, b"FR", event(2, "x"));
+        assert_eq!(t.lookup(ha, b"DE", 0).count(), 1);
+        assert_eq!(t.lookup(hb, b"FR", 0).count(), 1);
+    }
+
+    #[test]
+    fn dimensions_expire_only_with_an_override() {
+        let mut t = DimensionTable::new(Some(10));
+        let h = hash_key(b"k");
+        t.upsert(b"k", h, b"k", event(0, "v"));
+        assert_eq!(t.expire(5), 0);
+        assert_eq!(t.expire(11), 1);
+        assert_eq!(t.stats().evictions, 1);
+        assert!(t.is_empty());
+    }
+}
