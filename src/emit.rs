@@ -90,7 +90,9 @@ impl Held {
     pub fn waiting_on(&mut self, probe: Probe, out: &mut Vec<HeldId>) {
         out.clear();
         let h = probe_hash(probe);
-        let Some(ids) = self.waiting.get_mut(&h) else { return };
+        let Some(ids) = self.waiting.get_mut(&h) else {
+            return;
+        };
         ids.retain(|id| self.entries.contains_key(id));
         if ids.is_empty() {
             self.waiting.remove(&h);
@@ -178,7 +180,10 @@ mod tests {
         held.register(a, &[(1, 1)]);
         let mut out = Vec::new();
         held.due(10, &mut out);
-        assert!(out.is_empty(), "a deadline equal to the watermark is not passed");
+        assert!(
+            out.is_empty(),
+            "a deadline equal to the watermark is not passed"
+        );
         held.due(11, &mut out);
         assert_eq!(out, vec![a]);
         held.waiting_on((1, 1), &mut out);

@@ -12,13 +12,18 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use duckdb::arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, UInt32Array};
+use duckdb::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    UInt32Array,
+};
 use duckdb::arrow::compute::{concat_batches, take_record_batch};
 use duckdb::arrow::datatypes::{DataType, Field, Schema, UInt32Type};
 use duckdb::arrow::error::ArrowError;
 use duckdb::arrow::record_batch::RecordBatch;
 
-use crate::codec::{encode_json_rows, key_bytes, ColumnType, DecodeError, Event, TopicSchema, Value};
+use crate::codec::{
+    encode_json_rows, key_bytes, ColumnType, DecodeError, Event, TopicSchema, Value,
+};
 use crate::config::{Emission, OnTimeout, Pipeline};
 use crate::emit::{Held, HeldId};
 use crate::eval::{EvalError, Evaluator};
@@ -371,7 +376,11 @@ impl Engine {
     }
 
     /// Processes one record. Evaluates the batch when it is full.
-    pub fn push(&mut self, record: &SourceRecord<'_>, out: &mut Outputs) -> Result<(), EngineError> {
+    pub fn push(
+        &mut self,
+        record: &SourceRecord<'_>,
+        out: &mut Outputs,
+    ) -> Result<(), EngineError> {
         let Some(&t) = self.topic_index.get(record.topic) else {
             return Err(EngineError::UnknownTopic(record.topic.to_string()));
         };
@@ -429,7 +438,9 @@ impl Engine {
     /// Moves the watermark forward without a record (an idle source's wall clock).
     pub fn advance_watermark(&mut self, to: i64, out: &mut Outputs) -> Result<(), EngineError> {
         self.advance_to(to);
-        if !self.groups.is_empty() && self.rows.len() >= self.max_batch_rows * self.plan.sources.len() {
+        if !self.groups.is_empty()
+            && self.rows.len() >= self.max_batch_rows * self.plan.sources.len()
+        {
             self.flush(out)?;
         }
         Ok(())
@@ -467,13 +478,13 @@ impl Engine {
                     table.delete(k);
                 }
                 (Table::Dimension(_), None) => {
-                    refused = Some("tombstone (null value) without a key: nothing to delete".to_string())
+                    refused =
+                        Some("tombstone (null value) without a key: nothing to delete".to_string())
                 }
-                _ => {
-                    refused = Some(
-                        "null value (tombstone) on an event stream: event streams carry JSON objects".to_string(),
-                    )
-                }
+                _ => refused = Some(
+                    "null value (tombstone) on an event stream: event streams carry JSON objects"
+                        .to_string(),
+                ),
             }
         }
         refused
@@ -491,7 +502,14 @@ impl Engine {
                 let Some(h) = self.held.get(id) else { continue };
                 let event = h.event.clone();
                 let origin = Origin::of(&event);
-                self.enumerate_group(GroupKind::Timeout(id), &event, None, Mode::Outer, origin, false);
+                self.enumerate_group(
+                    GroupKind::Timeout(id),
+                    &event,
+                    None,
+                    Mode::Outer,
+                    origin,
+                    false,
+                );
             }
             self.ids = due;
         }
@@ -526,7 +544,14 @@ impl Engine {
                 let id = self
                     .held
                     .hold(event.clone(), event.timestamp.saturating_add(timeout_ms));
-                self.enumerate_group(GroupKind::Smart(id), event, None, Mode::Normal, origin, true);
+                self.enumerate_group(
+                    GroupKind::Smart(id),
+                    event,
+                    None,
+                    Mode::Normal,
+                    origin,
+                    true,
+                );
             }
         }
     }
@@ -547,17 +572,30 @@ impl Engine {
         match self.emission {
             Emission::Immediate => {
                 let inner_stream = self.sources[s].role == Role::Stream
-                    && self.plan.join_of(s).is_some_and(|j| j.kind == JoinKind::Inner);
+                    && self
+                        .plan
+                        .join_of(s)
+                        .is_some_and(|j| j.kind == JoinKind::Inner);
                 if !inner_stream {
                     return;
                 }
                 // Every combination whose last member is this event.
                 let drivers: Vec<Arc<Event>> = match &self.sources[0].table {
-                    Table::Stream(t) => t.lookup(hash, &self.key_buf, self.watermark).cloned().collect(),
+                    Table::Stream(t) => t
+                        .lookup(hash, &self.key_buf, self.watermark)
+                        .cloned()
+                        .collect(),
                     _ => Vec::new(),
                 };
                 for d in drivers {
-                    self.enumerate_group(GroupKind::Emit, &d, Some((s, event)), Mode::Normal, trigger, false);
+                    self.enumerate_group(
+                        GroupKind::Emit,
+                        &d,
+                        Some((s, event)),
+                        Mode::Normal,
+                        trigger,
+                        false,
+                    );
                 }
             }
             Emission::Smart { .. } => {
@@ -566,7 +604,14 @@ impl Engine {
                 for &id in &ids {
                     let Some(h) = self.held.get(id) else { continue };
                     let driving = h.event.clone();
-                    self.enumerate_group(GroupKind::Smart(id), &driving, None, Mode::Normal, trigger, true);
+                    self.enumerate_group(
+                        GroupKind::Smart(id),
+                        &driving,
+                        None,
+                        Mode::Normal,
+                        trigger,
+                        true,
+                    );
                 }
                 self.ids = ids;
             }
@@ -590,8 +635,19 @@ impl Engine {
             sources: &self.sources,
             watermark: self.watermark,
         };
-        let probes = if register { Some(&mut self.probes) } else { None };
-        let n = joiner.enumerate(driving, pinned, mode, &mut self.rows, probes, &mut self.stats.lookups);
+        let probes = if register {
+            Some(&mut self.probes)
+        } else {
+            None
+        };
+        let n = joiner.enumerate(
+            driving,
+            pinned,
+            mode,
+            &mut self.rows,
+            probes,
+            &mut self.stats.lookups,
+        );
         if let GroupKind::Smart(id) = kind {
             self.held.register(id, &self.probes);
         }
@@ -607,7 +663,11 @@ impl Engine {
     }
 
     /// Runs DuckDB over the rows; returns the result and, per batch row, its result index.
-    fn evaluate(&mut self, rows: &[Option<Arc<Event>>], count: usize) -> Result<Option<Evaluated>, EngineError> {
+    fn evaluate(
+        &mut self,
+        rows: &[Option<Arc<Event>>],
+        count: usize,
+    ) -> Result<Option<Evaluated>, EngineError> {
         if count == 0 {
             return Ok(None);
         }
@@ -620,7 +680,13 @@ impl Engine {
                 let ty = schema.column_type(self.sources[s].columns[c]);
                 signature.push(ty);
                 if let Some(ty) = ty {
-                    refs.push((ColumnRef { source: s, column: c }, ty));
+                    refs.push((
+                        ColumnRef {
+                            source: s,
+                            column: c,
+                        },
+                        ty,
+                    ));
                 }
             }
         }
@@ -628,13 +694,23 @@ impl Engine {
         let mut arrays: Vec<ArrayRef> = Vec::with_capacity(refs.len() + 1);
         for &(r, ty) in &refs {
             let topic_col = self.sources[r.source].columns[r.column];
-            let values = (0..count).map(|i| rows[i * stride + r.source].as_ref().map(|e| &e.values[topic_col]));
+            let values = (0..count).map(|i| {
+                rows[i * stride + r.source]
+                    .as_ref()
+                    .map(|e| &e.values[topic_col])
+            });
             let (dt, array) = build_array(ty, values, count);
-            fields.push(Field::new(crate::sql::batch_column_name(&self.plan, r), dt, true));
+            fields.push(Field::new(
+                crate::sql::batch_column_name(&self.plan, r),
+                dt,
+                true,
+            ));
             arrays.push(array);
         }
         fields.push(Field::new(crate::sql::ROW_COLUMN, DataType::UInt32, false));
-        arrays.push(std::sync::Arc::new(UInt32Array::from_iter_values(0..count as u32)));
+        arrays.push(std::sync::Arc::new(UInt32Array::from_iter_values(
+            0..count as u32,
+        )));
         let input = RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), arrays)?;
         let from = self.evaluator.from_clause();
         let plan = &self.plan;
@@ -676,7 +752,12 @@ impl Engine {
         }))
     }
 
-    fn decide(&mut self, groups: &[Group], result: Option<Evaluated>, out: &mut Outputs) -> Result<(), EngineError> {
+    fn decide(
+        &mut self,
+        groups: &[Group],
+        result: Option<Evaluated>,
+        out: &mut Outputs,
+    ) -> Result<(), EngineError> {
         let mut picked: Vec<u32> = Vec::new();
         let mut origins: Vec<(Origin, Origin)> = Vec::new();
         let kept = |ev: &Evaluated, row: usize| -> Option<u32> {
@@ -691,7 +772,10 @@ impl Engine {
         };
         let complete = |ev: &Evaluated, row: usize, require: &[usize]| -> bool {
             let i = ev.position[row];
-            i != u32::MAX && require.iter().all(|&c| !ev.values.column(c).is_null(i as usize))
+            i != u32::MAX
+                && require
+                    .iter()
+                    .all(|&c| !ev.values.column(c).is_null(i as usize))
         };
         for g in groups {
             match g.kind {
@@ -711,9 +795,15 @@ impl Engine {
                     if self.held.get(id).is_none() {
                         continue;
                     }
-                    let Emission::Smart { require, .. } = &self.emission else { continue };
+                    let Emission::Smart { require, .. } = &self.emission else {
+                        continue;
+                    };
                     let Some(ev) = &result else { continue };
-                    let done: Vec<usize> = g.rows.clone().filter(|&r| complete(ev, r, require)).collect();
+                    let done: Vec<usize> = g
+                        .rows
+                        .clone()
+                        .filter(|&r| complete(ev, r, require))
+                        .collect();
                     if done.is_empty() {
                         continue;
                     }
@@ -732,7 +822,13 @@ impl Engine {
                     if self.held.release(id).is_none() {
                         continue;
                     }
-                    let emit = matches!(self.emission, Emission::Smart { on_timeout: OnTimeout::Emit, .. });
+                    let emit = matches!(
+                        self.emission,
+                        Emission::Smart {
+                            on_timeout: OnTimeout::Emit,
+                            ..
+                        }
+                    );
                     if !emit {
                         self.stats.timeouts_dropped += 1;
                         continue;

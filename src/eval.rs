@@ -153,7 +153,11 @@ impl Evaluator {
     }
 
     /// Runs `sql` (which reads [`Evaluator::from_clause`]) over `input`.
-    pub fn evaluate(&mut self, sql: &str, input: RecordBatch) -> Result<Vec<RecordBatch>, EvalError> {
+    pub fn evaluate(
+        &mut self,
+        sql: &str,
+        input: RecordBatch,
+    ) -> Result<Vec<RecordBatch>, EvalError> {
         *self.slot.lock().map_err(|_| EvalError::Poisoned)? = Some(input);
         let result = self.run(sql);
         *self.slot.lock().map_err(|_| EvalError::Poisoned)? = None;
@@ -218,7 +222,11 @@ mod tests {
                 .unwrap();
             let rows: usize = out.iter().map(|b| b.num_rows()).sum();
             assert_eq!(rows, 2, "round {round}");
-            let twice = out[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            let twice = out[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
             assert_eq!(twice.values(), &[4, 6]);
             assert!(out[0].column(1).is_null(0));
         }
@@ -230,7 +238,10 @@ mod tests {
         let ids: Vec<i64> = (0..5000).collect();
         let names = vec![Some("x"); 5000];
         let out = ev
-            .evaluate(&format!("SELECT sum(\"e.id\") AS s FROM {}", ev.from_clause()), batch(&ids, &names))
+            .evaluate(
+                &format!("SELECT sum(\"e.id\") AS s FROM {}", ev.from_clause()),
+                batch(&ids, &names),
+            )
             .unwrap();
         let s = out[0].column(0);
         assert_eq!(s.len(), 1);
@@ -240,7 +251,10 @@ mod tests {
     fn a_bad_statement_is_an_error_not_a_panic() {
         let mut ev = Evaluator::new().unwrap();
         let err = ev
-            .evaluate(&format!("SELECT nope FROM {}", ev.from_clause()), batch(&[1], &[None]))
+            .evaluate(
+                &format!("SELECT nope FROM {}", ev.from_clause()),
+                batch(&[1], &[None]),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }

@@ -138,7 +138,9 @@ impl Joiner<'_> {
         let mut complete = true;
         for (probe, _) in &join.keys {
             match &row[probe.source] {
-                Some(e) => probe_values.push(&e.values[self.sources[probe.source].columns[probe.column]]),
+                Some(e) => {
+                    probe_values.push(&e.values[self.sources[probe.source].columns[probe.column]])
+                }
                 None => complete = false,
             }
         }
@@ -165,7 +167,10 @@ impl Joiner<'_> {
                 }
                 _ => {
                     let (events, ttl) = source.candidates(hash, &key);
-                    for e in events.iter().filter(|e| is_live(e.timestamp, ttl, self.watermark)) {
+                    for e in events
+                        .iter()
+                        .filter(|e| is_live(e.timestamp, ttl, self.watermark))
+                    {
                         matched = true;
                         row[s] = Some(e.clone());
                         self.step(j + 1, row, walk);

@@ -1,1 +1,255 @@
-fn main() {}
+//! The `kaflowsql` command: `run`, `validate`, `explain`, `test`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use kaflowsql::config::{Emission, Pipeline};
+use kaflowsql::engine::Engine;
+use kaflowsql::sql::{DuckSql, Role};
+use kaflowsql::testing;
+
+#[derive(Parser)]
+#[command(
+    name = "kaflowsql",
+    version,
+    about = "Stream-join SQL over Kafka topics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check pipeline files; print every problem with file, line and column.
+    Validate {
+        /// Pipeline files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show how a pipeline runs: sources, roles, join keys, TTLs, emission, SQL.
+    Explain {
+        /// Pipeline file.
+        file: PathBuf,
+    },
+    /// Run a pipeline offline over recorded records and compare with expected output.
+    Test {
+        /// Pipeline file.
+        pipeline: PathBuf,
+        /// Recorded input: one {"topic","key","value","timestamp"} per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// Expected output: one {"key":...,"value":{...}} per line.
+        #[arg(long)]
+        expect: Option<PathBuf>,
+        /// Write the actual output here.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Compare as multisets instead of in order.
+        #[arg(long)]
+        unordered: bool,
+        /// Rows per DuckDB micro-batch (results do not depend on it).
+        #[arg(long, default_value_t = kaflowsql::engine::DEFAULT_BATCH_ROWS)]
+        batch_rows: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { files } => validate(&files),
+        Command::Explain { file } => explain(&file),
+        Command::Test {
+            pipeline,
+            input,
+            expect,
+            output,
+            unordered,
+            batch_rows,
+        } => test(
+            &pipeline,
+            &input,
+            expect.as_deref(),
+            output.as_deref(),
+            unordered,
+            batch_rows,
+        ),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for f in files {
+        match Pipeline::load(f) {
+            Ok(p) => println!("ok: {} (pipeline `{}`)", f.display(), p.name),
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn explain(file: &Path) -> anyhow::Result<ExitCode> {
+    let p = match Pipeline::load(file) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let plan = &p.plan;
+    println!("pipeline: {}", p.name);
+    println!("consumer group: {}", p.consumer_group);
+    println!("sources:");
+    for (i, s) in plan.sources.iter().enumerate() {
+        let ttl = match p.ttl_of(&s.topic) {
+            Some(ms) => {
+                kaflowsql::config::HumanDuration(std::time::Duration::from_millis(ms as u64))
+                    .to_string()
+            }
+            None => "never expires".to_string(),
+        };
+        let role = if i == 0 {
+            "driving stream".to_string()
+        } else {
+            s.role.to_string()
+        };
+        println!(
+            "  {} (topic `{}`): {role}, ttl {ttl}, columns [{}]",
+            s.alias,
+            s.topic,
+            s.columns.join(", ")
+        );
+    }
+    println!("joins:");
+    for j in &plan.joins {
+        let s = &plan.sources[j.source];
+        let keys: Vec<String> = j
+            .keys
+            .iter()
+            .map(|(probe, col)| {
+                let ps = &plan.sources[probe.source];
+                format!(
+                    "{}.{} = {}.{}",
+                    ps.alias, ps.columns[probe.column], s.alias, s.columns[*col]
+                )
+            })
+            .collect();
+        let role = if s.role == Role::Dimension {
+            "lookup in dimension"
+        } else {
+            "stream-stream join"
+        };
+        println!(
+            "  {} JOIN {} ON {} ({role}; shard = xxhash64(key) % 256)",
+            j.kind,
+            s.alias,
+            keys.join(" AND ")
+        );
+    }
+    match &p.emission {
+        Emission::Immediate => println!("emission: immediate"),
+        Emission::Smart {
+            require,
+            timeout_ms,
+            on_timeout,
+        } => {
+            let names: Vec<&str> = require
+                .iter()
+                .map(|&i| plan.outputs[i].name.as_str())
+                .collect();
+            println!(
+                "emission: smart, require [{}], timeout {timeout_ms}ms, on_timeout {on_timeout:?}",
+                names.join(", ")
+            );
+        }
+    }
+    let key = p
+        .output
+        .key
+        .map(|k| plan.outputs[k].name.as_str())
+        .unwrap_or("(none)");
+    println!(
+        "output: topic `{}`, key {key}, dead letters to `{}`",
+        p.output.topic, p.output.dlq_topic
+    );
+    println!("DuckDB runs, per micro-batch:");
+    println!("  {}", DuckSql::build(plan, "batch", &|_| true).text);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn test(
+    pipeline: &Path,
+    input: &Path,
+    expect: Option<&Path>,
+    output: Option<&Path>,
+    unordered: bool,
+    batch_rows: usize,
+) -> anyhow::Result<ExitCode> {
+    let p = match Pipeline::load(pipeline) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let records = testing::read_input(input)?;
+    let mut engine = Engine::new(&p)?.with_batch_rows(batch_rows);
+    let run = testing::run(&mut engine, &records)?;
+    for d in &run.dead_letters {
+        eprintln!(
+            "dead letter: {}[{}]@{}: {}",
+            d.topic, d.partition, d.offset, d.reason
+        );
+    }
+    if let Some(out) = output {
+        let mut text = run.lines.join("\n");
+        text.push('\n');
+        std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    let stats = engine.stats();
+    eprintln!(
+        "{} records in, {} rows out, {} dead letters, {} held",
+        stats.records,
+        run.lines.len(),
+        stats.dead_letters,
+        engine.held()
+    );
+    let Some(expect) = expect else {
+        if output.is_none() {
+            for l in &run.lines {
+                println!("{l}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let expected = testing::read_expected(expect)?;
+    let verdict = testing::compare(&run.lines, &expected, unordered);
+    if verdict.matches() {
+        println!("ok: {} rows match {}", run.lines.len(), expect.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "mismatch against {}:\n{}",
+            expect.display(),
+            verdict.report()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -16,12 +16,18 @@ use std::fmt;
 use sqlparser::ast::Expr;
 
 /// A position inside the SQL text (1-based line and column).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SqlPosition {
     /// 1-based line within the query text.
     pub line: usize,
     /// 1-based column within the line.
     pub column: usize,
+}
+
+impl Default for SqlPosition {
+    fn default() -> Self {
+        Self { line: 1, column: 1 }
+    }
 }
 
 /// A query kaflowsql cannot run, with where and why.
@@ -157,21 +163,25 @@ impl QueryPlan {
         self.outputs.iter().position(|o| o.name == name)
     }
 
-    /// Columns of `source` that are join keys (its own index columns, and the
-    /// columns other joins probe with).
+    /// Columns of `source` that must be present in every record: the key its
+    /// state is indexed by, and for the driving stream the columns it joins
+    /// on. (A dimension's column that only feeds a further lookup, as
+    /// `p.country` in a chain, may be NULL: that lookup then finds nothing.)
     pub fn key_columns(&self, source: usize) -> Vec<usize> {
         let mut cols = Vec::new();
         if let Some(j) = self.join_of(source) {
             cols.extend(j.keys.iter().map(|(_, c)| *c));
         }
-        for j in &self.joins {
-            for (probe, _) in &j.keys {
-                if probe.source == source {
-                    cols.push(probe.column);
+        if source == 0 {
+            for j in &self.joins {
+                for (probe, _) in &j.keys {
+                    if probe.source == 0 {
+                        cols.push(probe.column);
+                    }
                 }
             }
+            cols.extend(self.stream_key.iter().copied());
         }
-        cols.extend(self.stream_key.iter().copied().filter(|_| source == 0));
         cols.sort_unstable();
         cols.dedup();
         cols
@@ -179,9 +189,6 @@ impl QueryPlan {
 
     /// Whether any event stream other than the driving one is joined.
     pub fn has_stream_joins(&self) -> bool {
-        self.sources
-            .iter()
-            .skip(1)
-            .any(|s| s.role == Role::Stream)
+        self.sources.iter().skip(1).any(|s| s.role == Role::Stream)
     }
 }

@@ -72,7 +72,8 @@ struct Shard {
 
 impl Shard {
     fn bucket(&self, hash: u64, key: &[u8]) -> Option<&Bucket> {
-        self.buckets.find(hash, |b| b.hash == hash && *b.key == *key)
+        self.buckets
+            .find(hash, |b| b.hash == hash && *b.key == *key)
     }
 
     fn bucket_mut(&mut self, hash: u64, key: &[u8]) -> &mut Bucket {

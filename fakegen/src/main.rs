@@ -1,1 +1,3 @@
+//! fakegen: the seeded Kafka load generator (see fakegen/src).
+
 fn main() {}

@@ -71,7 +71,10 @@ impl TopicSchema {
         key_columns: &[String],
     ) -> Self {
         let mut columns = columns;
-        for name in timestamp_column.into_iter().chain(key_columns.iter().map(String::as_str)) {
+        for name in timestamp_column
+            .into_iter()
+            .chain(key_columns.iter().map(String::as_str))
+        {
             if !columns.iter().any(|c| c == name) {
                 columns.push(name.to_string());
             }
@@ -158,7 +161,9 @@ impl TopicSchema {
     fn check_types(&mut self, values: &mut [Value]) -> Result<(), DecodeError> {
         let mut changes: Vec<(usize, ColumnType)> = Vec::new();
         for (i, v) in values.iter_mut().enumerate() {
-            let Some(found) = v.inferred_type() else { continue };
+            let Some(found) = v.inferred_type() else {
+                continue;
+            };
             match self.types[i] {
                 None => changes.push((i, found)),
                 Some(t) if t == found => {}
@@ -313,9 +318,23 @@ mod tests {
     fn decodes_only_the_needed_columns() {
         let mut s = schema();
         let e = s
-            .decode(0, 1, 7, 1000, Some(b"k"), br#"{"id":"u1","skip":{"a":[1,2]},"amount":12,"meta":{"x":1}}"#)
+            .decode(
+                0,
+                1,
+                7,
+                1000,
+                Some(b"k"),
+                br#"{"id":"u1","skip":{"a":[1,2]},"amount":12,"meta":{"x":1}}"#,
+            )
             .unwrap();
-        assert_eq!(e.values.as_ref(), &[Value::Str("u1".into()), Value::Int(12), Value::Json(r#"{"x":1}"#.into())]);
+        assert_eq!(
+            e.values.as_ref(),
+            &[
+                Value::Str("u1".into()),
+                Value::Int(12),
+                Value::Json(r#"{"x":1}"#.into())
+            ]
+        );
         assert_eq!((e.partition, e.offset, e.timestamp), (1, 7, 1000));
         assert_eq!(s.column_type(1), Some(ColumnType::BigInt));
     }
@@ -323,27 +342,45 @@ mod tests {
     #[test]
     fn widens_integers_to_double_and_refuses_other_mismatches() {
         let mut s = schema();
-        s.decode(0, 0, 0, 0, None, br#"{"id":"a","amount":1}"#).unwrap();
+        s.decode(0, 0, 0, 0, None, br#"{"id":"a","amount":1}"#)
+            .unwrap();
         let v = s.version();
-        s.decode(0, 0, 1, 0, None, br#"{"id":"a","amount":1.5}"#).unwrap();
+        s.decode(0, 0, 1, 0, None, br#"{"id":"a","amount":1.5}"#)
+            .unwrap();
         assert_eq!(s.column_type(1), Some(ColumnType::Double));
         assert!(s.version() > v);
-        let e = s.decode(0, 0, 2, 0, None, br#"{"id":"a","amount":2}"#).unwrap();
+        let e = s
+            .decode(0, 0, 2, 0, None, br#"{"id":"a","amount":2}"#)
+            .unwrap();
         assert_eq!(e.values[1], Value::Float(2.0));
-        let err = s.decode(0, 0, 3, 0, None, br#"{"id":"a","amount":"lots"}"#).unwrap_err();
-        assert_eq!(err.to_string(), "field `amount` should be DOUBLE but is a string");
+        let err = s
+            .decode(0, 0, 3, 0, None, br#"{"id":"a","amount":"lots"}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field `amount` should be DOUBLE but is a string"
+        );
     }
 
     #[test]
     fn bad_records_are_errors_not_panics() {
         let mut s = schema();
-        assert!(matches!(s.decode(0, 0, 0, 0, None, b"{nope"), Err(DecodeError::NotJson(_))));
-        assert_eq!(s.decode(0, 0, 0, 0, None, b"[1,2]").unwrap_err(), DecodeError::NotObject);
+        assert!(matches!(
+            s.decode(0, 0, 0, 0, None, b"{nope"),
+            Err(DecodeError::NotJson(_))
+        ));
+        assert_eq!(
+            s.decode(0, 0, 0, 0, None, b"[1,2]").unwrap_err(),
+            DecodeError::NotObject
+        );
         assert_eq!(
             s.decode(0, 0, 0, 0, None, br#"{"amount":1}"#).unwrap_err(),
             DecodeError::MissingKey("id".into())
         );
-        assert!(matches!(s.decode(0, 0, 0, 0, None, br#"{"id":"a"} x"#), Err(DecodeError::NotJson(_))));
+        assert!(matches!(
+            s.decode(0, 0, 0, 0, None, br#"{"id":"a"} x"#),
+            Err(DecodeError::NotJson(_))
+        ));
         // A rejected record does not fix a column's type.
         assert_eq!(s.column_type(1), None);
     }
@@ -351,11 +388,17 @@ mod tests {
     #[test]
     fn reads_declared_timestamps() {
         let mut s = TopicSchema::new("t", vec![], &[], Some("ts"), &[]);
-        let e = s.decode(0, 0, 0, 5, None, br#"{"ts":1700000000000}"#).unwrap();
+        let e = s
+            .decode(0, 0, 0, 5, None, br#"{"ts":1700000000000}"#)
+            .unwrap();
         assert_eq!(e.timestamp, 1_700_000_000_000);
         let mut s = TopicSchema::new("t", vec![], &[], Some("ts"), &[]);
-        let e = s.decode(0, 0, 0, 5, None, br#"{"ts":"2023-11-14T22:13:20Z"}"#).unwrap();
+        let e = s
+            .decode(0, 0, 0, 5, None, br#"{"ts":"2023-11-14T22:13:20Z"}"#)
+            .unwrap();
         assert_eq!(e.timestamp, 1_700_000_000_000);
-        assert!(s.decode(0, 0, 0, 5, None, br#"{"ts":"yesterday"}"#).is_err());
+        assert!(s
+            .decode(0, 0, 0, 5, None, br#"{"ts":"yesterday"}"#)
+            .is_err());
     }
 }

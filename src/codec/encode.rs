@@ -70,7 +70,10 @@ mod tests {
         let (buf, ends) = encode_json_rows(&batch).unwrap();
         assert_eq!(ends.len(), 2);
         assert_eq!(&buf[..ends[0]], br#"{"user_id":"u\n1","amount":1.5,"n":7}"#);
-        assert_eq!(&buf[ends[0] + 1..ends[1]], br#"{"user_id":"u2","amount":null,"n":8}"#);
+        assert_eq!(
+            &buf[ends[0] + 1..ends[1]],
+            br#"{"user_id":"u2","amount":null,"n":8}"#
+        );
         assert_eq!(key_bytes(batch.column(0), 1).unwrap(), Some(b"u2".to_vec()));
         assert_eq!(key_bytes(batch.column(2), 0).unwrap(), Some(b"7".to_vec()));
         assert_eq!(key_bytes(batch.column(1), 1).unwrap(), None);

@@ -29,7 +29,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{text}` has no unit; write {DURATION_HELP}"))?;
     let (number, unit) = text.split_at(split);
     if number.is_empty() {
-        return Err(format!("`{text}` does not start with a number; write {DURATION_HELP}"));
+        return Err(format!(
+            "`{text}` does not start with a number; write {DURATION_HELP}"
+        ));
     }
     let n: u64 = number
         .parse()
@@ -54,7 +56,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        let units = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+        let units = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1_000, "s"),
+        ];
         for (size, unit) in units {
             if ms >= size && ms % size == 0 {
                 return write!(f, "{}{unit}", ms / size);
@@ -97,11 +104,13 @@ pub struct ByteSize(pub u64);
 /// Parses a byte size such as `512MB` (decimal units are read as binary ones, as operators mean them).
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write bytes or a number with KB, MB or GB"))?;
+    let n: u64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a size; write bytes or a number with KB, MB or GB")
+    })?;
     let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "KB" | "KIB" | "K" => 1 << 10,
@@ -166,7 +175,10 @@ mod tests {
     #[test]
     fn displays_in_the_largest_whole_unit() {
         assert_eq!(HumanDuration(Duration::from_secs(120)).to_string(), "2m");
-        assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(
+            HumanDuration(Duration::from_millis(1500)).to_string(),
+            "1500ms"
+        );
         assert_eq!(HumanDuration(Duration::from_secs(86_400)).to_string(), "1d");
     }
 

@@ -65,8 +65,14 @@ impl Locations {
 }
 
 enum Frame {
-    Map { path: String, pending_key: Option<String> },
-    Seq { path: String, next: usize },
+    Map {
+        path: String,
+        pending_key: Option<String>,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
 }
 
 #[derive(Default)]
@@ -161,8 +167,17 @@ mod tests {
         assert_eq!(loc.key("name"), Position { line: 1, column: 1 });
         assert_eq!(loc.value("name"), Position { line: 1, column: 7 });
         assert_eq!(loc.key("emission.type"), Position { line: 3, column: 3 });
-        assert_eq!(loc.value("emission.require[1]"), Position { line: 4, column: 19 });
-        assert_eq!(loc.value("state.dimensions[0]"), Position { line: 7, column: 7 });
+        assert_eq!(
+            loc.value("emission.require[1]"),
+            Position {
+                line: 4,
+                column: 19
+            }
+        );
+        assert_eq!(
+            loc.value("state.dimensions[0]"),
+            Position { line: 7, column: 7 }
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{read, yaml_diagnostic, ConfigError, Diagnostic, Diagnostics, HumanDuration, Locations, Position};
+use super::{
+    read, yaml_diagnostic, ConfigError, Diagnostic, Diagnostics, HumanDuration, Locations, Position,
+};
 use crate::codec::ColumnType;
 use crate::sql::{plan_query, QueryPlan, SqlError};
 
@@ -247,7 +249,11 @@ impl Validator<'_> {
         let lines: Vec<&str> = self.text.lines().collect();
         let at_value = lines
             .get(value.line.saturating_sub(1))
-            .map(|l| l.chars().skip(value.column.saturating_sub(1)).collect::<String>())
+            .map(|l| {
+                l.chars()
+                    .skip(value.column.saturating_sub(1))
+                    .collect::<String>()
+            })
             .unwrap_or_default();
         if at_value.starts_with('|') || at_value.starts_with('>') {
             // Block scalar: content starts on the next non-blank line.
@@ -313,7 +319,10 @@ impl Validator<'_> {
         if !is_topic_name(&raw.output.topic) {
             self.at_value(
                 "output.topic",
-                format!("output.topic `{}` is not a valid Kafka topic name", raw.output.topic),
+                format!(
+                    "output.topic `{}` is not a valid Kafka topic name",
+                    raw.output.topic
+                ),
                 "use letters, digits, `.`, `_` and `-`",
             );
         }
@@ -337,7 +346,10 @@ impl Validator<'_> {
                         self.at_value(
                             "output.key",
                             format!("output.key `{k}` is not a column of the SELECT"),
-                            format!("name one of the output columns: {}", output_names.join(", ")),
+                            format!(
+                                "name one of the output columns: {}",
+                                output_names.join(", ")
+                            ),
                         );
                     }
                     None
@@ -363,7 +375,9 @@ impl Validator<'_> {
             if !read_by_query(topic) {
                 self.at_key(
                     &format!("state.events.overrides.{topic}"),
-                    format!("state.events.overrides names `{topic}`, which the query does not read"),
+                    format!(
+                        "state.events.overrides names `{topic}`, which the query does not read"
+                    ),
                     format!("name one of the query's topics: {topic_list}"),
                 );
             }
@@ -426,7 +440,9 @@ impl Validator<'_> {
                         Some(idx) => require.push(idx),
                         None if plan.is_some() => self.at_value(
                             &format!("emission.require[{i}]"),
-                            format!("emission.require names `{r}`, which is not a column of the SELECT"),
+                            format!(
+                                "emission.require names `{r}`, which is not a column of the SELECT"
+                            ),
                             format!("name output columns: {}", output_names.join(", ")),
                         ),
                         None => {}
@@ -580,7 +596,11 @@ state:
         assert_eq!(all.len(), 3, "{all:?}");
         assert_eq!((all[0].position.line, all[0].position.column), (12, 8));
         assert!(all[0].message.contains("output.key `uid`"));
-        assert!(all[0].help.as_ref().unwrap().contains("user_id, event_type"));
+        assert!(all[0]
+            .help
+            .as_ref()
+            .unwrap()
+            .contains("user_id, event_type"));
         assert_eq!((all[1].position.line, all[1].position.column), (15, 19));
         assert_eq!(all[2].position.line, 22);
         assert!(all[2].message.contains("`payments`"));
@@ -592,7 +612,13 @@ state:
         let d = &problems(&text)[0];
         assert!(d.message.contains("FULL JOIN"), "{d}");
         assert_eq!(d.position.line, 7, "{d}");
-        assert_eq!(d.to_string().lines().next().unwrap(), format!("p.yaml:7:{}: error: query: FULL JOIN is not supported yet", d.position.column));
+        assert_eq!(
+            d.to_string().lines().next().unwrap(),
+            format!(
+                "p.yaml:7:{}: error: query: FULL JOIN is not supported yet",
+                d.position.column
+            )
+        );
     }
 
     #[test]

@@ -18,8 +18,24 @@ use super::{
 
 /// Functions that aggregate over rows; a stream join has no group to aggregate.
 const AGGREGATES: &[&str] = &[
-    "count", "sum", "avg", "min", "max", "string_agg", "array_agg", "list", "first", "last",
-    "any_value", "median", "mode", "stddev", "variance", "group_concat", "bool_and", "bool_or",
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "string_agg",
+    "array_agg",
+    "list",
+    "first",
+    "last",
+    "any_value",
+    "median",
+    "mode",
+    "stddev",
+    "variance",
+    "group_concat",
+    "bool_and",
+    "bool_or",
 ];
 
 fn at(span: Span) -> SqlPosition {
@@ -43,18 +59,18 @@ pub fn plan_query(sql: &str, dimensions: &[String]) -> Result<QueryPlan, SqlErro
                 .help("write one SELECT ... FROM ... statement"))
         }
         [_, second, ..] => {
-            return Err(SqlError::new(
-                at(second.span()),
-                "the query holds more than one statement",
+            return Err(
+                SqlError::new(at(second.span()), "the query holds more than one statement")
+                    .help("a pipeline runs one SELECT; put other queries in other pipeline files"),
             )
-            .help("a pipeline runs one SELECT; put other queries in other pipeline files"))
         }
     };
     let Statement::Query(query) = statement else {
-        return Err(
-            SqlError::new(at(statement.span()), "only a SELECT query can be a pipeline")
-                .help("write SELECT ... FROM stream [JOIN other ON ...] [WHERE ...]"),
-        );
+        return Err(SqlError::new(
+            at(statement.span()),
+            "only a SELECT query can be a pipeline",
+        )
+        .help("write SELECT ... FROM stream [JOIN other ON ...] [WHERE ...]"));
     };
     let select = check_query_shape(query)?;
     Planner::new(dimensions).plan(select)
@@ -88,16 +104,32 @@ fn parse_error(err: ParserError) -> SqlError {
 
 fn check_query_shape(query: &Query) -> Result<&Select, SqlError> {
     let refuse = |span: Span, what: &str, help: &str| {
-        Err(SqlError::new(at(span), format!("{what} is not supported in a stream join")).help(help))
+        Err(SqlError::new(
+            at(span),
+            format!("{what} is not supported in a stream join"),
+        )
+        .help(help))
     };
     if let Some(with) = &query.with {
-        return refuse(with.span(), "WITH (a common table expression)", "write the joins directly in FROM");
+        return refuse(
+            with.span(),
+            "WITH (a common table expression)",
+            "write the joins directly in FROM",
+        );
     }
     if let Some(order) = &query.order_by {
-        return refuse(order.span(), "ORDER BY", "output keeps the order of the driving events per key; remove ORDER BY");
+        return refuse(
+            order.span(),
+            "ORDER BY",
+            "output keeps the order of the driving events per key; remove ORDER BY",
+        );
     }
     if let Some(limit) = &query.limit_clause {
-        return refuse(limit.span(), "LIMIT", "a stream has no end to limit; filter with WHERE instead");
+        return refuse(
+            limit.span(),
+            "LIMIT",
+            "a stream has no end to limit; filter with WHERE instead",
+        );
     }
     if query.fetch.is_some() {
         return refuse(query.span(), "FETCH", "filter with WHERE instead");
@@ -124,13 +156,25 @@ fn check_query_shape(query: &Query) -> Result<&Select, SqlError> {
         GroupByExpr::Expressions(exprs, _) => !exprs.is_empty(),
     };
     if grouped {
-        return refuse(select.group_by.span(), "GROUP BY (aggregation)", "aggregations are not implemented yet; join and enrich here, aggregate downstream");
+        return refuse(
+            select.group_by.span(),
+            "GROUP BY (aggregation)",
+            "aggregations are not implemented yet; join and enrich here, aggregate downstream",
+        );
     }
     if let Some(having) = &select.having {
-        return refuse(having.span(), "HAVING", "aggregations are not implemented yet");
+        return refuse(
+            having.span(),
+            "HAVING",
+            "aggregations are not implemented yet",
+        );
     }
     if let Some(qualify) = &select.qualify {
-        return refuse(qualify.span(), "QUALIFY", "window functions are not implemented yet");
+        return refuse(
+            qualify.span(),
+            "QUALIFY",
+            "window functions are not implemented yet",
+        );
     }
     if !select.named_window.is_empty() || select.top.is_some() || select.into.is_some() {
         return refuse(select.span(), "WINDOW, TOP or INTO", "remove it");
@@ -288,8 +332,10 @@ impl<'a> Planner<'a> {
             .help("join the topic itself and move the subquery's conditions to WHERE"));
         };
         if args.is_some() {
-            return Err(SqlError::new(at(factor.span()), "a table function is not supported")
-                .help("name a Kafka topic"));
+            return Err(
+                SqlError::new(at(factor.span()), "a table function is not supported")
+                    .help("name a Kafka topic"),
+            );
         }
         let topic = name
             .0
@@ -360,14 +406,23 @@ impl<'a> Planner<'a> {
                 .position(|s| s.alias == q.value)
                 .ok_or_else(|| {
                     let known: Vec<_> = self.sources.iter().map(|s| s.alias.as_str()).collect();
-                    SqlError::new(at(q.span), format!("`{}` is not a source of this query here", q.value))
-                        .help(format!("the sources known at this point are: {}", known.join(", ")))
+                    SqlError::new(
+                        at(q.span),
+                        format!("`{}` is not a source of this query here", q.value),
+                    )
+                    .help(format!(
+                        "the sources known at this point are: {}",
+                        known.join(", ")
+                    ))
                 })?,
             None if self.sources.len() == 1 => 0,
             None => {
                 return Err(SqlError::new(
                     at(name.span),
-                    format!("the column `{}` is not qualified with its source", name.value),
+                    format!(
+                        "the column `{}` is not qualified with its source",
+                        name.value
+                    ),
                 )
                 .help(format!(
                     "write it as <source>.{}, for example {}.{}",
@@ -396,13 +451,16 @@ impl<'a> Planner<'a> {
             type Break = ();
             fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
                 let refuse = |what: &str, help: &str| {
-                    SqlError::new(at(expr.span()), format!("{what} is not supported in a stream join")).help(help)
+                    SqlError::new(
+                        at(expr.span()),
+                        format!("{what} is not supported in a stream join"),
+                    )
+                    .help(help)
                 };
                 let problem = match expr {
-                    Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => Some(refuse(
-                        "a subquery",
-                        "join the topic instead, or filter with WHERE",
-                    )),
+                    Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => Some(
+                        refuse("a subquery", "join the topic instead, or filter with WHERE"),
+                    ),
                     Expr::Function(f) if f.over.is_some() => Some(refuse(
                         "a window function (OVER)",
                         "window functions are not implemented yet",
@@ -460,8 +518,10 @@ impl<'a> Planner<'a> {
                     .help("join on an equality: JOIN b ON a.key = b.key"))
             }
             _ => {
-                return Err(SqlError::new(at(span), "this kind of join is not supported")
-                    .help("use JOIN (INNER) or LEFT JOIN with ON a.key = b.key"))
+                return Err(
+                    SqlError::new(at(span), "this kind of join is not supported")
+                        .help("use JOIN (INNER) or LEFT JOIN with ON a.key = b.key"),
+                )
             }
         };
         let on = match constraint {
@@ -542,7 +602,9 @@ impl<'a> Planner<'a> {
             } else if plan.stream_key != key {
                 let name = |cols: &[usize]| {
                     cols.iter()
-                        .map(|c| format!("{}.{}", self.sources[0].alias, self.sources[0].columns[*c]))
+                        .map(|c| {
+                            format!("{}.{}", self.sources[0].alias, self.sources[0].columns[*c])
+                        })
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
@@ -600,21 +662,41 @@ WHERE e.event_type <> 'heartbeat'";
     #[test]
     fn plans_the_spec_example() {
         let plan = plan_query(SPEC, &dims(&["user_profiles"])).unwrap();
-        let roles: Vec<_> = plan.sources.iter().map(|s| (s.alias.as_str(), s.role)).collect();
+        let roles: Vec<_> = plan
+            .sources
+            .iter()
+            .map(|s| (s.alias.as_str(), s.role))
+            .collect();
         assert_eq!(
             roles,
-            vec![("e", Role::Stream), ("p", Role::Dimension), ("t", Role::Stream)]
+            vec![
+                ("e", Role::Stream),
+                ("p", Role::Dimension),
+                ("t", Role::Stream)
+            ]
         );
         assert_eq!(plan.sources[0].columns, vec!["user_id", "event_type", "ts"]);
         assert_eq!(plan.joins.len(), 2);
         assert_eq!(plan.joins[0].kind, JoinKind::Left);
         assert_eq!(
             plan.joins[0].keys,
-            vec![(ColumnRef { source: 0, column: 0 }, 0)]
+            vec![(
+                ColumnRef {
+                    source: 0,
+                    column: 0
+                },
+                0
+            )]
         );
         let names: Vec<_> = plan.outputs.iter().map(|o| o.name.as_str()).collect();
-        assert_eq!(names, ["user_id", "event_type", "ts", "plan", "country", "amount"]);
-        assert_eq!(plan.filter.as_ref().unwrap().to_string(), "e.event_type <> 'heartbeat'");
+        assert_eq!(
+            names,
+            ["user_id", "event_type", "ts", "plan", "country", "amount"]
+        );
+        assert_eq!(
+            plan.filter.as_ref().unwrap().to_string(),
+            "e.event_type <> 'heartbeat'"
+        );
         assert_eq!(plan.stream_key, vec![0]);
     }
 
@@ -637,7 +719,13 @@ WHERE e.event_type <> 'heartbeat'";
             &dims(&["p", "countries"]),
         )
         .unwrap();
-        assert_eq!(plan.joins[1].keys[0].0, ColumnRef { source: 1, column: 1 });
+        assert_eq!(
+            plan.joins[1].keys[0].0,
+            ColumnRef {
+                source: 1,
+                column: 1
+            }
+        );
         assert!(!plan.has_stream_joins());
     }
 
@@ -656,11 +744,17 @@ WHERE e.event_type <> 'heartbeat'";
 
     #[test]
     fn refuses_aggregation_subqueries_and_non_equi_joins() {
-        assert!(refusal("SELECT a.x FROM a GROUP BY a.x", &[]).message.contains("GROUP BY"));
-        assert!(refusal("SELECT count(a.x) FROM a", &[]).message.contains("aggregate"));
-        assert!(refusal("SELECT a.x FROM a WHERE a.x IN (SELECT y FROM b)", &[])
+        assert!(refusal("SELECT a.x FROM a GROUP BY a.x", &[])
             .message
-            .contains("subquery"));
+            .contains("GROUP BY"));
+        assert!(refusal("SELECT count(a.x) FROM a", &[])
+            .message
+            .contains("aggregate"));
+        assert!(
+            refusal("SELECT a.x FROM a WHERE a.x IN (SELECT y FROM b)", &[])
+                .message
+                .contains("subquery")
+        );
         assert!(refusal("SELECT a.x FROM (SELECT 1 AS x) a", &[])
             .message
             .contains("subquery"));
@@ -684,7 +778,9 @@ WHERE e.event_type <> 'heartbeat'";
 
     #[test]
     fn refuses_a_dimension_in_from_and_unqualified_columns() {
-        assert!(refusal("SELECT d.x FROM d", &["d"]).message.contains("drives"));
+        assert!(refusal("SELECT d.x FROM d", &["d"])
+            .message
+            .contains("drives"));
         let e = refusal("SELECT x FROM a JOIN b ON a.x = b.x", &[]);
         assert!(e.message.contains("not qualified"), "{e:?}");
         assert!(refusal("SELECT * FROM a", &[]).message.contains("`*`"));

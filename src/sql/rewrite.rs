@@ -62,12 +62,17 @@ fn resolve(plan: &QueryPlan, expr: &Expr) -> Option<ColumnRef> {
     let (source, name) = match expr {
         Expr::Identifier(name) if plan.sources.len() == 1 => (0, &name.value),
         Expr::CompoundIdentifier(parts) if parts.len() == 2 => (
-            plan.sources.iter().position(|s| s.alias == parts[0].value)?,
+            plan.sources
+                .iter()
+                .position(|s| s.alias == parts[0].value)?,
             &parts[1].value,
         ),
         _ => return None,
     };
-    let column = plan.sources[source].columns.iter().position(|c| c == name)?;
+    let column = plan.sources[source]
+        .columns
+        .iter()
+        .position(|c| c == name)?;
     Some(ColumnRef { source, column })
 }
 
@@ -119,7 +124,11 @@ mod tests {
             "SELECT \"e.id\" AS \"id\", \"p.plan\" AS \"tier\", \"e.n\" * 2 AS \"e.n * 2\", coalesce((\"e.kind\" <> 'x'), false) AS __kf_keep, __kf_row FROM \"batch\""
         );
         let unknown = DuckSql::build(&plan, "batch", &|r| r.source == 0);
-        assert!(unknown.text.contains("NULL AS \"tier\""), "{}", unknown.text);
+        assert!(
+            unknown.text.contains("NULL AS \"tier\""),
+            "{}",
+            unknown.text
+        );
         assert_eq!(referenced_columns(&plan).len(), 4);
     }
 }

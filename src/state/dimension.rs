@@ -75,11 +75,14 @@ impl DimensionTable {
             return false;
         };
         let shard = &mut self.shards[shard_of(old.index_hash)];
-        if let Some(bucket) = shard
-            .buckets
-            .find_mut(old.index_hash, |b| b.hash == old.index_hash && *b.key == *old.index_key)
-        {
-            if let Some(pos) = bucket.events.iter().position(|e| Arc::ptr_eq(e, &old.event)) {
+        if let Some(bucket) = shard.buckets.find_mut(old.index_hash, |b| {
+            b.hash == old.index_hash && *b.key == *old.index_key
+        }) {
+            if let Some(pos) = bucket
+                .events
+                .iter()
+                .position(|e| Arc::ptr_eq(e, &old.event))
+            {
                 let removed = bucket.events.swap_remove(pos);
                 shard.stats.remove(&removed);
             }
@@ -166,7 +169,10 @@ mod tests {
         let h = hash_key(b"u1");
         t.upsert(b"u1", h, b"u1", event(1, "free"));
         t.upsert(b"u1", h, b"u1", event(2, "pro"));
-        let found: Vec<_> = t.lookup(h, b"u1", i64::MAX).map(|e| e.values[0].clone()).collect();
+        let found: Vec<_> = t
+            .lookup(h, b"u1", i64::MAX)
+            .map(|e| e.values[0].clone())
+            .collect();
         assert_eq!(found, vec![Value::Str("pro".into())]);
         assert_eq!(t.stats().entries, 1);
         assert!(t.delete(b"u1"));

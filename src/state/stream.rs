@@ -144,7 +144,11 @@ mod tests {
         t.insert(h, &k, event(20, "a"));
         let found: Vec<_> = t.lookup(h, &k, 20).map(|e| e.offset).collect();
         assert_eq!(found, vec![10, 20]);
-        assert_eq!(Arc::strong_count(&first), 2, "state holds a reference, not a copy");
+        assert_eq!(
+            Arc::strong_count(&first),
+            2,
+            "state holds a reference, not a copy"
+        );
         assert_eq!(t.stats().entries, 2);
     }
 
@@ -154,7 +158,11 @@ mod tests {
         let (h, k) = key("a");
         t.insert(h, &k, event(10, "a"));
         t.insert(h, &k, event(50, "a"));
-        assert_eq!(t.lookup(h, &k, 120).count(), 1, "expired records are invisible at once");
+        assert_eq!(
+            t.lookup(h, &k, 120).count(),
+            1,
+            "expired records are invisible at once"
+        );
         assert_eq!(t.expire(120, |_| {}), 1);
         assert_eq!(t.expire(200, |_| {}), 1);
         let stats = t.stats();

