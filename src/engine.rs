@@ -28,6 +28,7 @@ use crate::config::{Emission, OnTimeout, Pipeline};
 use crate::emit::{Held, HeldId};
 use crate::eval::{EvalError, Evaluator};
 use crate::join::{key_of, Joiner, LookupStats, Mode, Probe, SourceState, Table};
+use crate::offsets::OffsetPins;
 use crate::sql::{ColumnRef, DuckSql, JoinKind, QueryPlan, Role};
 use crate::state::{DimensionTable, ShardStats, StreamTable};
 
@@ -185,7 +186,10 @@ pub struct Engine {
     topic_index: HashMap<String, u16>,
     sources: Vec<SourceState>,
     watermark: i64,
+    /// Largest event time per topic: Some for event streams, None for dimensions.
+    stream_time: Vec<Option<i64>>,
     held: Held,
+    pins: OffsetPins,
     rows: Vec<Option<Arc<Event>>>,
     groups: Vec<Group>,
     evaluator: Evaluator,
@@ -284,6 +288,15 @@ impl Engine {
             .collect::<Vec<_>>();
         // The schema may have added key or timestamp columns after the query's
         // columns; source column indices stay valid because they come first.
+        let stream_time = topics
+            .iter()
+            .map(|t| {
+                t.sources
+                    .iter()
+                    .any(|&s| sources[s].role == Role::Stream)
+                    .then_some(i64::MIN)
+            })
+            .collect();
         let topic_index = topic_names
             .iter()
             .enumerate()
@@ -297,7 +310,9 @@ impl Engine {
             topic_index,
             sources,
             watermark: i64::MIN,
+            stream_time,
             held: Held::default(),
+            pins: OffsetPins::default(),
             rows: Vec::new(),
             groups: Vec::new(),
             evaluator: Evaluator::new()?,
@@ -365,6 +380,18 @@ impl Engine {
         self.held.len()
     }
 
+    /// The oldest offset of a partition that is still needed: held by state
+    /// for future joins or by smart emission. Offsets before it can be committed
+    /// once their outputs are delivered.
+    pub fn oldest_pinned(&self, topic: u16, partition: i32) -> Option<i64> {
+        self.pins.oldest(topic, partition)
+    }
+
+    /// The index of a topic by name.
+    pub fn topic_index(&self, topic: &str) -> Option<u16> {
+        self.topic_index.get(topic).copied()
+    }
+
     /// The current watermark (largest event time seen).
     pub fn watermark(&self) -> i64 {
         self.watermark
@@ -415,7 +442,7 @@ impl Engine {
                 return Ok(());
             }
         };
-        self.advance_to(event.timestamp);
+        self.observe_time(t, event.timestamp);
         let trigger = Origin::of(&event);
         for i in 0..self.topics[t as usize].sources.len() {
             let s = self.topics[t as usize].sources[i];
@@ -437,6 +464,9 @@ impl Engine {
 
     /// Moves the watermark forward without a record (an idle source's wall clock).
     pub fn advance_watermark(&mut self, to: i64, out: &mut Outputs) -> Result<(), EngineError> {
+        for m in self.stream_time.iter_mut().flatten() {
+            *m = (*m).max(to);
+        }
         self.advance_to(to);
         if !self.groups.is_empty()
             && self.rows.len() >= self.max_batch_rows * self.plan.sources.len()
@@ -490,6 +520,27 @@ impl Engine {
         refused
     }
 
+    /// Notes event time `ts` on topic `t`. The watermark is the smallest of
+    /// the event streams' largest timestamps (streams not seen yet do not hold
+    /// it back), so a stream read ahead of another does not expire the other's
+    /// records early. Dimensions do not move it.
+    fn observe_time(&mut self, t: u16, ts: i64) {
+        match self.stream_time.get_mut(t as usize) {
+            Some(Some(m)) => *m = (*m).max(ts),
+            // A dimension topic.
+            _ => return,
+        }
+        let wm = self
+            .stream_time
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&m| m > i64::MIN)
+            .min()
+            .unwrap_or(i64::MIN);
+        self.advance_to(wm);
+    }
+
     fn advance_to(&mut self, to: i64) {
         if to <= self.watermark {
             return;
@@ -518,9 +569,10 @@ impl Engine {
     fn sweep(&mut self) {
         self.since_sweep = 0;
         let wm = self.watermark;
+        let pins = &mut self.pins;
         for s in &mut self.sources {
             self.stats.evictions += match &mut s.table {
-                Table::Stream(t) => t.expire(wm, |_| {}),
+                Table::Stream(t) => t.expire(wm, |e| pins.unpin(e.topic, e.partition, e.offset)),
                 Table::Dimension(t) => t.expire(wm),
                 Table::Unstored => 0,
             };
@@ -533,6 +585,7 @@ impl Engine {
         if let Table::Stream(table) = &mut source.table {
             if let Some(hash) = key_of(event, &source.index, &mut self.key_buf) {
                 table.insert(hash, &self.key_buf, event.clone());
+                self.pins.pin(event.topic, event.partition, event.offset);
             }
         }
         let origin = Origin::of(event);
@@ -544,6 +597,7 @@ impl Engine {
                 let id = self
                     .held
                     .hold(event.clone(), event.timestamp.saturating_add(timeout_ms));
+                self.pins.pin(event.topic, event.partition, event.offset);
                 self.enumerate_group(
                     GroupKind::Smart(id),
                     event,
@@ -566,7 +620,10 @@ impl Engine {
                 let primary = event.key.as_deref().unwrap_or(&self.key_buf).to_vec();
                 table.upsert(&primary, hash, &self.key_buf, event.clone());
             }
-            Table::Stream(table) => table.insert(hash, &self.key_buf, event.clone()),
+            Table::Stream(table) => {
+                table.insert(hash, &self.key_buf, event.clone());
+                self.pins.pin(event.topic, event.partition, event.offset);
+            }
             Table::Unstored => {}
         }
         match self.emission {
@@ -752,6 +809,18 @@ impl Engine {
         }))
     }
 
+    /// Stops holding `id` and unpins its offset; false if it was not held.
+    fn release(&mut self, id: HeldId) -> bool {
+        match self.held.release(id) {
+            Some(h) => {
+                self.pins
+                    .unpin(h.event.topic, h.event.partition, h.event.offset);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn decide(
         &mut self,
         groups: &[Group],
@@ -816,10 +885,10 @@ impl Engine {
                             None => self.stats.filtered += 1,
                         }
                     }
-                    self.held.release(id);
+                    self.release(id);
                 }
                 GroupKind::Timeout(id) => {
-                    if self.held.release(id).is_none() {
+                    if !self.release(id) {
                         continue;
                     }
                     let emit = matches!(

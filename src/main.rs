@@ -11,6 +11,8 @@ use kaflowsql::engine::Engine;
 use kaflowsql::sql::{DuckSql, Role};
 use kaflowsql::testing;
 
+mod run;
+
 #[derive(Parser)]
 #[command(
     name = "kaflowsql",
@@ -24,6 +26,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run pipelines against Kafka until SIGTERM or Ctrl-C.
+    Run {
+        /// Global config file (brokers, tuning, HTTP address).
+        #[arg(long, env = "KAFLOWSQL_CONFIG")]
+        config: Option<PathBuf>,
+        /// Own partition N of every event stream (one instance per partition);
+        /// `auto` takes N from a StatefulSet host name such as `kaflowsql-3`.
+        /// Without it, instances share partitions through the consumer group.
+        #[arg(long, env = "KAFLOWSQL_PARTITION")]
+        partition: Option<String>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+        /// Pipeline files.
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+    },
     /// Check pipeline files; print every problem with file, line and column.
     Validate {
         /// Pipeline files.
@@ -60,6 +79,17 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run {
+            config,
+            partition,
+            log_json,
+            pipelines,
+        } => run::run(
+            config.as_deref(),
+            partition.as_deref(),
+            log_json,
+            &pipelines,
+        ),
         Command::Validate { files } => validate(&files),
         Command::Explain { file } => explain(&file),
         Command::Test {

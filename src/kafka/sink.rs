@@ -1,0 +1,221 @@
+//! The output side: an idempotent producer whose deliveries are counted per
+//! *epoch* (the records produced from one engine flush). An epoch carries the
+//! source offsets that become safe to commit once every record of it, and of
+//! every earlier epoch, is acknowledged by the broker.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+
+use super::{client_config, KafkaError};
+
+/// Source offsets to commit: (topic, partition) -> next offset to read.
+pub type CommitOffsets = BTreeMap<(String, i32), i64>;
+
+/// Delivery reports, filled by librdkafka's callback during `poll`.
+#[derive(Default)]
+pub struct SinkContext {
+    reports: Mutex<Reports>,
+}
+
+#[derive(Default)]
+struct Reports {
+    acked: HashMap<usize, u64>,
+    failure: Option<KafkaError>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, epoch: usize) {
+        let Ok(mut reports) = self.reports.lock() else {
+            return;
+        };
+        match result {
+            Ok(_) => *reports.acked.entry(epoch).or_insert(0) += 1,
+            Err((e, msg)) => {
+                use rdkafka::message::Message;
+                if reports.failure.is_none() {
+                    reports.failure = Some(KafkaError::Delivery {
+                        topic: msg.topic().to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+struct Epoch {
+    id: usize,
+    sent: u64,
+    acked: u64,
+    offsets: CommitOffsets,
+}
+
+/// The producer plus epoch bookkeeping.
+pub struct Sink {
+    producer: BaseProducer<SinkContext>,
+    sealed: VecDeque<Epoch>,
+    open_id: usize,
+    open_sent: u64,
+    /// Records produced.
+    pub produced: u64,
+}
+
+impl Sink {
+    /// An idempotent producer (`acks=all`) with the given properties on top.
+    pub fn new(properties: &BTreeMap<String, String>) -> Result<Self, KafkaError> {
+        let mut base = BTreeMap::new();
+        for (k, v) in [
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "1"),
+            ("queue.buffering.max.messages", "200000"),
+        ] {
+            base.insert(k.to_string(), v.to_string());
+        }
+        let producer = client_config([&base, properties])
+            .create_with_context(SinkContext::default())
+            .map_err(|e| KafkaError::client("cannot create the producer", e))?;
+        Ok(Self {
+            producer,
+            sealed: VecDeque::new(),
+            open_id: 1,
+            open_sent: 0,
+            produced: 0,
+        })
+    }
+
+    /// Produces one record in the open epoch; waits (serving deliveries)
+    /// while librdkafka's queue is full, which slows the consumer down.
+    pub fn send(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), KafkaError> {
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, self.open_id)
+                .payload(value)
+                .headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
+                        self.producer.poll(Duration::from_millis(10));
+                        self.check_failure()?;
+                        record = back;
+                    } else {
+                        return Err(KafkaError::client(
+                            format!("cannot produce to `{topic}`"),
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+        self.open_sent += 1;
+        self.produced += 1;
+        Ok(())
+    }
+
+    /// Closes the open epoch: `offsets` become committable once it is delivered.
+    pub fn seal(&mut self, offsets: CommitOffsets) {
+        self.sealed.push_back(Epoch {
+            id: self.open_id,
+            sent: self.open_sent,
+            acked: 0,
+            offsets,
+        });
+        self.open_id = self.open_id.wrapping_add(1).max(1);
+        self.open_sent = 0;
+    }
+
+    fn check_failure(&self) -> Result<(), KafkaError> {
+        let mut reports =
+            self.producer
+                .context()
+                .reports
+                .lock()
+                .map_err(|_| KafkaError::Delivery {
+                    topic: String::new(),
+                    reason: "delivery report lock poisoned (this is a bug)".into(),
+                })?;
+        match reports.failure.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Serves delivery callbacks; returns the offsets of the newest epoch that
+    /// is delivered along with every earlier one (None if none completed).
+    pub fn poll(&mut self, timeout: Duration) -> Result<Option<CommitOffsets>, KafkaError> {
+        self.producer.poll(timeout);
+        self.check_failure()?;
+        {
+            let mut reports =
+                self.producer
+                    .context()
+                    .reports
+                    .lock()
+                    .map_err(|_| KafkaError::Delivery {
+                        topic: String::new(),
+                        reason: "delivery report lock poisoned (this is a bug)".into(),
+                    })?;
+            for epoch in self.sealed.iter_mut() {
+                if let Some(n) = reports.acked.remove(&epoch.id) {
+                    epoch.acked += n;
+                }
+            }
+        }
+        let mut done = None;
+        while self.sealed.front().is_some_and(|e| e.acked >= e.sent) {
+            done = self.sealed.pop_front().map(|e| e.offsets);
+        }
+        Ok(done)
+    }
+
+    /// Records produced but not yet acknowledged.
+    pub fn in_flight(&self) -> u64 {
+        self.sealed
+            .iter()
+            .map(|e| e.sent - e.acked.min(e.sent))
+            .sum::<u64>()
+            + self.open_sent
+    }
+
+    /// Waits until every sealed epoch is delivered (or `timeout` passes);
+    /// returns the newest committable offsets seen.
+    pub fn drain(&mut self, timeout: Duration) -> Result<Option<CommitOffsets>, KafkaError> {
+        let deadline = Instant::now() + timeout;
+        let mut newest = None;
+        loop {
+            if let Some(o) = self.poll(Duration::from_millis(20))? {
+                newest = Some(o);
+            }
+            if self.sealed.is_empty() || Instant::now() >= deadline {
+                return Ok(newest);
+            }
+        }
+    }
+
+    /// Flushes librdkafka's queue.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| KafkaError::client("cannot flush the producer", e))
+    }
+}

@@ -1,0 +1,364 @@
+//! The input side: the consumer of a pipeline's event streams (consumer group
+//! with cooperative-sticky assignment, or static ownership of one partition
+//! of every stream), the reader of its dimensions (every partition, from the
+//! beginning, on every instance), and metadata checks before start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::sink::CommitOffsets;
+use super::{client_config, KafkaError};
+
+/// How an instance owns the partitions of its event streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// A consumer group shares the partitions among instances.
+    Group,
+    /// This instance owns partition N of every event stream (one container per partition).
+    Static(i32),
+}
+
+/// Offsets known safe to commit, shared with the rebalance callback so a
+/// revoked partition is committed as far as is safe before it is let go.
+pub type SafeOffsets = Arc<Mutex<CommitOffsets>>;
+
+/// Logs rebalances and commits the safe offsets of revoked partitions.
+pub struct SourceContext {
+    safe: SafeOffsets,
+    pipeline: String,
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let Ok(safe) = self.safe.lock() else { return };
+            let mut commit = TopicPartitionList::new();
+            for e in list.elements() {
+                if let Some(&o) = safe.get(&(e.topic().to_string(), e.partition())) {
+                    let _ =
+                        commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
+                }
+            }
+            if commit.count() > 0 {
+                if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
+                    warn!(pipeline = %self.pipeline, %error, "Commit of revoked partitions failed; the next owner re-reads from the previous commit.");
+                }
+            }
+            info!(pipeline = %self.pipeline, partitions = list.count(), "Partitions revoked.");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            info!(pipeline = %self.pipeline, partitions = list.count(), "Partitions assigned.");
+        }
+    }
+}
+
+/// A record read from Kafka, borrowed from the consumer.
+pub struct Record<'a> {
+    /// The message.
+    pub message: BorrowedMessage<'a>,
+}
+
+impl Record<'_> {
+    /// Its headers, copied (only needed for dead letters).
+    pub fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Kafka timestamp in ms (0 when the broker gives none).
+    pub fn timestamp(&self) -> i64 {
+        self.message.timestamp().to_millis().unwrap_or(0)
+    }
+}
+
+/// Partition count of each topic; a missing topic is an error.
+pub fn partition_counts(
+    consumer: &BaseConsumer<impl ConsumerContext>,
+    topics: &[String],
+    brokers: &str,
+) -> Result<BTreeMap<String, usize>, KafkaError> {
+    let mut counts = BTreeMap::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| {
+                KafkaError::client(
+                    format!("cannot read metadata of `{topic}` from {brokers}"),
+                    e,
+                )
+            })?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        if n == 0 {
+            return Err(KafkaError::MissingTopic {
+                topic: topic.clone(),
+                brokers: brokers.to_string(),
+            });
+        }
+        counts.insert(topic.clone(), n);
+    }
+    Ok(counts)
+}
+
+/// Joined event streams must have one partition count.
+pub fn check_copartitioned(counts: &BTreeMap<String, usize>) -> Result<(), KafkaError> {
+    let mut distinct: Vec<usize> = counts.values().copied().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() > 1 {
+        let detail = counts
+            .iter()
+            .map(|(t, n)| format!("`{t}` has {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(KafkaError::NotCoPartitioned { detail });
+    }
+    Ok(())
+}
+
+/// The consumer of a pipeline's event streams.
+pub struct EventSource {
+    /// The consumer.
+    pub consumer: BaseConsumer<SourceContext>,
+    /// Offsets safe to commit (shared with the rebalance callback).
+    pub safe: SafeOffsets,
+}
+
+impl EventSource {
+    /// Creates the consumer and joins the group or assigns the static partition.
+    pub fn start(
+        pipeline: &str,
+        group: &str,
+        topics: &[String],
+        ownership: Ownership,
+        properties: &BTreeMap<String, String>,
+        brokers: &str,
+    ) -> Result<Self, KafkaError> {
+        let mut base = BTreeMap::new();
+        for (k, v) in [
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+        ] {
+            base.insert(k.to_string(), v.to_string());
+        }
+        let safe: SafeOffsets = Arc::new(Mutex::new(CommitOffsets::new()));
+        let consumer: BaseConsumer<SourceContext> = client_config([&base, properties])
+            .create_with_context(SourceContext {
+                safe: safe.clone(),
+                pipeline: pipeline.to_string(),
+            })
+            .map_err(|e| KafkaError::client("cannot create the consumer", e))?;
+        let counts = partition_counts(&consumer, topics, brokers)?;
+        check_copartitioned(&counts)?;
+        match ownership {
+            Ownership::Group => {
+                let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+                consumer
+                    .subscribe(&names)
+                    .map_err(|e| KafkaError::client("cannot subscribe", e))?;
+            }
+            Ownership::Static(p) => {
+                let mut list = TopicPartitionList::new();
+                for (topic, &count) in &counts {
+                    if p < 0 || p as usize >= count {
+                        return Err(KafkaError::NoSuchPartition {
+                            partition: p,
+                            topic: topic.clone(),
+                            count,
+                        });
+                    }
+                    list.add_partition(topic, p);
+                }
+                // Resume from the group's committed offsets, else from the beginning.
+                let committed = consumer
+                    .committed_offsets(list.clone(), Duration::from_secs(10))
+                    .map_err(|e| KafkaError::client("cannot read committed offsets", e))?;
+                let mut start = TopicPartitionList::new();
+                for e in committed.elements() {
+                    let offset = match e.offset() {
+                        Offset::Offset(o) => Offset::Offset(o),
+                        _ => Offset::Beginning,
+                    };
+                    start
+                        .add_partition_offset(e.topic(), e.partition(), offset)
+                        .map_err(|e| KafkaError::client("cannot set the start offset", e))?;
+                }
+                consumer
+                    .assign(&start)
+                    .map_err(|e| KafkaError::client("cannot assign the partition", e))?;
+            }
+        }
+        Ok(Self { consumer, safe })
+    }
+
+    /// Commits `offsets` (next offsets to read) and records them as safe.
+    pub fn commit(&self, offsets: &CommitOffsets, mode: CommitMode) -> Result<(), KafkaError> {
+        if let Ok(mut safe) = self.safe.lock() {
+            safe.extend(offsets.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        let assigned = self
+            .consumer
+            .assignment()
+            .map_err(|e| KafkaError::client("cannot read the assignment", e))?;
+        let mut list = TopicPartitionList::new();
+        for e in assigned.elements() {
+            if let Some(&o) = offsets.get(&(e.topic().to_string(), e.partition())) {
+                list.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))
+                    .map_err(|e| KafkaError::client("cannot build the commit", e))?;
+            }
+        }
+        if list.count() == 0 {
+            return Ok(());
+        }
+        self.consumer
+            .commit(&list, mode)
+            .map_err(|e| KafkaError::client("commit failed", e))
+    }
+}
+
+/// Reads every partition of the dimension topics from the beginning.
+pub struct DimensionSource {
+    /// The consumer (assigned, never committing).
+    pub consumer: BaseConsumer,
+    targets: HashMap<(String, i32), i64>,
+    caught_up: bool,
+    last_progress: Instant,
+    idle_after: Duration,
+}
+
+impl DimensionSource {
+    /// Assigns every partition of `topics` from the beginning and notes the
+    /// end offsets seen now: output waits until they are read.
+    pub fn start(
+        topics: &[String],
+        properties: &BTreeMap<String, String>,
+        brokers: &str,
+        idle_after: Duration,
+    ) -> Result<Self, KafkaError> {
+        let mut base = BTreeMap::new();
+        for (k, v) in [
+            ("group.id", "kaflowsql-dimensions"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+        ] {
+            base.insert(k.to_string(), v.to_string());
+        }
+        let consumer: BaseConsumer = client_config([&base, properties])
+            .create()
+            .map_err(|e| KafkaError::client("cannot create the dimension consumer", e))?;
+        let counts = partition_counts(&consumer, topics, brokers)?;
+        let mut list = TopicPartitionList::new();
+        let mut targets = HashMap::new();
+        for (topic, &n) in &counts {
+            for p in 0..n as i32 {
+                list.add_partition_offset(topic, p, Offset::Beginning)
+                    .map_err(|e| KafkaError::client("cannot assign a dimension partition", e))?;
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .map_err(|e| {
+                        KafkaError::client(
+                            format!("cannot read the end offset of `{topic}`[{p}]"),
+                            e,
+                        )
+                    })?;
+                if high > low {
+                    targets.insert((topic.clone(), p), high);
+                }
+            }
+        }
+        consumer
+            .assign(&list)
+            .map_err(|e| KafkaError::client("cannot assign the dimension partitions", e))?;
+        let caught_up = targets.is_empty();
+        Ok(Self {
+            consumer,
+            targets,
+            caught_up,
+            last_progress: Instant::now(),
+            idle_after,
+        })
+    }
+
+    /// Whether every dimension partition was read up to its end offset at start.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+
+    /// Partitions still being bootstrapped.
+    pub fn remaining(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Notes that `offset` of a partition was read.
+    pub fn progressed(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.last_progress = Instant::now();
+        let key = (topic.to_string(), partition);
+        if let Some(&end) = self.targets.get(&key) {
+            if offset + 1 >= end {
+                self.targets.remove(&key);
+            }
+        }
+        if self.targets.is_empty() {
+            self.caught_up = true;
+        }
+    }
+
+    /// Notes that a poll returned nothing. Some brokers (Tansu) report end
+    /// offsets that are never reached; a partition with nothing new for
+    /// `idle_after` counts as read to its end.
+    pub fn idle(&mut self) {
+        if !self.caught_up && self.last_progress.elapsed() >= self.idle_after {
+            warn!(
+                partitions = self.targets.len(),
+                "Dimension bootstrap saw nothing new for {:?}; treating the dimensions as read to their end.",
+                self.idle_after
+            );
+            self.targets.clear();
+            self.caught_up = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn co_partitioning_is_checked() {
+        let mut counts = BTreeMap::new();
+        counts.insert("orders".to_string(), 4);
+        counts.insert("payments".to_string(), 4);
+        assert!(check_copartitioned(&counts).is_ok());
+        counts.insert("refunds".to_string(), 2);
+        let e = check_copartitioned(&counts).unwrap_err().to_string();
+        assert!(
+            e.contains("`refunds` has 2") && e.contains("`orders` has 4"),
+            "{e}"
+        );
+    }
+}

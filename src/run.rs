@@ -1,0 +1,154 @@
+//! `kaflowsql run`: load and validate everything, start the HTTP server, run
+//! each pipeline on its own thread, and drain them all on SIGTERM or Ctrl-C.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tracing::{error, info};
+
+use kaflowsql::config::{GlobalConfig, Pipeline};
+use kaflowsql::kafka::source::Ownership;
+use kaflowsql::telemetry::{self, PipelineMetrics, Registry};
+use kaflowsql::topology::{run_pipeline, RunOptions};
+
+/// The partition owned in static mode, from `N` or `auto` (host name `name-N`).
+fn ownership(partition: Option<&str>) -> anyhow::Result<Ownership> {
+    let Some(p) = partition else {
+        return Ok(Ownership::Group);
+    };
+    let text = if p == "auto" {
+        let host = std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .context("--partition auto needs POD_NAME or HOSTNAME (a StatefulSet pod name such as kaflowsql-3)")?;
+        host.rsplit('-').next().unwrap_or_default().to_string()
+    } else {
+        p.to_string()
+    };
+    match text.parse::<i32>() {
+        Ok(n) if n >= 0 => Ok(Ownership::Static(n)),
+        _ => bail!("--partition takes a partition number or `auto`, not `{text}`"),
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn run(
+    config: Option<&Path>,
+    partition: Option<&str>,
+    log_json: bool,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    init_logs(log_json);
+    let global = match GlobalConfig::load(config) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut pipelines = Vec::new();
+    let mut invalid = false;
+    for f in files {
+        match Pipeline::load(f) {
+            Ok(p) => pipelines.push(p),
+            Err(e) => {
+                eprintln!("{e}");
+                invalid = true;
+            }
+        }
+    }
+    if invalid {
+        return Ok(ExitCode::from(2));
+    }
+    let ownership = ownership(partition)?;
+    let registry = Arc::new(Registry::default());
+    let listener = TcpListener::bind(&global.http.listen).with_context(|| {
+        format!(
+            "cannot listen on {} for /metrics; set http.listen or KAFLOWSQL_HTTP_LISTEN to a free address",
+            global.http.listen
+        )
+    })?;
+    info!(
+        listen = %global.http.listen,
+        brokers = %global.kafka.brokers,
+        pipelines = pipelines.len(),
+        ownership = ?ownership,
+        "kaflowsql starting; metrics on http://{}/metrics",
+        global.http.listen
+    );
+    telemetry::serve(listener, registry.clone());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    {
+        let shutdown = shutdown.clone();
+        ctrlc::set_handler(move || {
+            if shutdown.swap(true, Ordering::Relaxed) {
+                std::process::exit(130);
+            }
+        })
+        .context("cannot install the SIGTERM/Ctrl-C handler")?;
+    }
+    let mut options = RunOptions {
+        ownership,
+        ..RunOptions::default()
+    };
+    // Tests replay recorded input slowly; they set event time not to follow the wall clock.
+    if let Some(ms) = std::env::var("KAFLOWSQL_IDLE_WATERMARK_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        options.idle_watermark_after = std::time::Duration::from_millis(ms);
+    }
+    let mut threads = Vec::new();
+    for p in pipelines {
+        let metrics = PipelineMetrics::new(&p.name);
+        registry.add(metrics.clone());
+        let (global, options, shutdown) = (global.clone(), options.clone(), shutdown.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("pipeline-{}", p.name))
+            .spawn(move || {
+                let result = run_pipeline(&p, &global, &options, metrics, shutdown.clone());
+                if result.is_err() {
+                    // One pipeline failing stops the process: the orchestrator restarts it.
+                    shutdown.store(true, Ordering::Relaxed);
+                }
+                result
+            })
+            .context("cannot start a pipeline thread")?;
+        threads.push(handle);
+    }
+    let mut failed = false;
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                error!(error = %e, "Pipeline failed.");
+                eprintln!("error: {e}");
+                failed = true;
+            }
+            Err(_) => {
+                error!("A pipeline thread panicked (this is a bug).");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

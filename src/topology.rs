@@ -1,0 +1,511 @@
+//! Wiring of one running pipeline: dimension bootstrap, the consume → engine
+//! → produce loop, commits that never pass an undelivered output or a record
+//! still needed in state, and a graceful drain on shutdown.
+//!
+//! One thread per pipeline runs the whole loop: records move in batches of up
+//! to `maxPollRecords`, each batch is evaluated once, its outputs are produced
+//! in one epoch, and a full producer queue blocks the loop (backpressure).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use tracing::{error, info, warn};
+
+use crate::config::{Emission, GlobalConfig, Pipeline};
+use crate::engine::{Engine, EngineError, Outputs, SourceRecord};
+use crate::kafka::dlq::dead_letter_headers;
+use crate::kafka::sink::{CommitOffsets, Sink};
+use crate::kafka::source::{DimensionSource, EventSource, Ownership};
+use crate::kafka::{headers, KafkaError};
+use crate::offsets::committable;
+use crate::sql::Role;
+use crate::telemetry::PipelineMetrics;
+
+/// Why a pipeline stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Kafka failed in a way the pipeline cannot go on from.
+    #[error("pipeline `{pipeline}`: {source}")]
+    Kafka {
+        /// The pipeline.
+        pipeline: String,
+        /// The failure.
+        source: Box<KafkaError>,
+    },
+    /// The engine failed.
+    #[error("pipeline `{pipeline}`: {source}")]
+    Engine {
+        /// The pipeline.
+        pipeline: String,
+        /// The failure.
+        source: Box<EngineError>,
+    },
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Group or static partition ownership.
+    pub ownership: Ownership,
+    /// Longest wait for the producer to deliver everything at shutdown.
+    pub drain_timeout: Duration,
+    /// How often delivered offsets are committed.
+    pub commit_interval: Duration,
+    /// A dimension partition with nothing new for this long counts as read to its end.
+    pub dimension_idle: Duration,
+    /// After this long without event-stream records, event time advances with the wall clock.
+    pub idle_watermark_after: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            ownership: Ownership::Group,
+            drain_timeout: Duration::from_secs(30),
+            commit_interval: Duration::from_millis(200),
+            dimension_idle: Duration::from_secs(2),
+            idle_watermark_after: Duration::from_secs(1),
+        }
+    }
+}
+
+struct Runner<'a> {
+    pipeline: &'a Pipeline,
+    engine: Engine,
+    sink: Sink,
+    metrics: Arc<PipelineMetrics>,
+    /// Next offset to read per event-stream partition, for records already evaluated.
+    next: HashMap<(u16, i32), i64>,
+    out: Outputs,
+}
+
+impl Runner<'_> {
+    fn kafka(&self, source: KafkaError) -> RunError {
+        RunError::Kafka {
+            pipeline: self.pipeline.name.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    fn engine_err(&self, source: EngineError) -> RunError {
+        RunError::Engine {
+            pipeline: self.pipeline.name.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    /// Pushes one record; dead letters go out at once with the record's headers.
+    fn push(
+        &mut self,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+        track: bool,
+    ) -> Result<(), RunError> {
+        let before = self.out.dead_letters.len();
+        let record = SourceRecord {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis().unwrap_or(0),
+            key: m.key(),
+            value: m.payload(),
+        };
+        self.engine
+            .push(&record, &mut self.out)
+            .map_err(|e| self.engine_err(e))?;
+        if self.out.dead_letters.len() > before {
+            let original: Vec<(String, Vec<u8>)> = {
+                use rdkafka::message::Headers;
+                m.headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            for dead in self.out.dead_letters.drain(before..).collect::<Vec<_>>() {
+                let h = dead_letter_headers(&self.pipeline.name, &dead, &original);
+                self.sink
+                    .send(
+                        &self.pipeline.output.dlq_topic,
+                        dead.key.as_deref(),
+                        dead.value.as_deref().unwrap_or_default(),
+                        h,
+                    )
+                    .map_err(|e| self.kafka(e))?;
+                self.metrics.dlq_records.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if track {
+            if let Some(t) = self.engine.topic_index(m.topic()) {
+                self.next.insert((t, m.partition()), m.offset() + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Evaluates pending rows, produces them and seals the epoch.
+    fn flush(&mut self, started: Option<Instant>, events: u64) -> Result<(), RunError> {
+        let sql_before = self.engine.stats().sql_nanos;
+        self.engine
+            .flush(&mut self.out)
+            .map_err(|e| self.engine_err(e))?;
+        for row in std::mem::take(&mut self.out.rows) {
+            let topic = self.engine.topic_name(row.driving.topic).to_string();
+            let partition = row.driving.partition.to_string();
+            let offset = row.driving.offset.to_string();
+            let h = OwnedHeaders::new_with_capacity(3)
+                .insert(Header {
+                    key: headers::SOURCE_TOPIC,
+                    value: Some(&topic),
+                })
+                .insert(Header {
+                    key: headers::SOURCE_PARTITION,
+                    value: Some(&partition),
+                })
+                .insert(Header {
+                    key: headers::SOURCE_OFFSET,
+                    value: Some(&offset),
+                });
+            self.sink
+                .send(
+                    &self.pipeline.output.topic,
+                    row.key.as_deref(),
+                    &row.value,
+                    h,
+                )
+                .map_err(|e| self.kafka(e))?;
+            self.metrics.output_records.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut offsets = CommitOffsets::new();
+        for (&(t, p), &next) in &self.next {
+            offsets.insert(
+                (self.engine.topic_name(t).to_string(), p),
+                committable(next, self.engine.oldest_pinned(t, p)),
+            );
+        }
+        self.sink.seal(offsets);
+        self.publish(started, events, sql_before);
+        Ok(())
+    }
+
+    fn publish(&self, started: Option<Instant>, events: u64, sql_before: u64) {
+        let s = self.engine.stats();
+        let m = &self.metrics;
+        m.events_processed.store(s.records, Ordering::Relaxed);
+        m.join_lookups.store(s.lookups.lookups, Ordering::Relaxed);
+        m.join_hits.store(s.lookups.hits, Ordering::Relaxed);
+        m.state_evictions.store(s.evictions, Ordering::Relaxed);
+        m.smart_timeouts_dropped
+            .store(s.timeouts_dropped, Ordering::Relaxed);
+        m.smart_timeouts_emitted
+            .store(s.timeouts_emitted, Ordering::Relaxed);
+        m.smart_held
+            .store(self.engine.held() as u64, Ordering::Relaxed);
+        let (mut entries, mut bytes) = (0, 0);
+        for (_, _, st) in self.engine.state_stats() {
+            entries += st.entries;
+            bytes += st.bytes;
+        }
+        m.state_entries.store(entries, Ordering::Relaxed);
+        m.state_bytes.store(bytes, Ordering::Relaxed);
+        if s.sql_nanos > sql_before {
+            m.sql_execution_duration
+                .observe((s.sql_nanos - sql_before) as f64 / 1e9);
+        }
+        if let (Some(t), true) = (started, events > 0) {
+            m.processing_duration
+                .observe_n(t.elapsed().as_secs_f64(), events);
+        }
+    }
+}
+
+fn connect<T>(
+    what: &str,
+    shutdown: &AtomicBool,
+    mut attempt: impl FnMut() -> Result<T, KafkaError>,
+) -> Result<Option<T>, KafkaError> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(Some(v)),
+            Err(e @ (KafkaError::NotCoPartitioned { .. } | KafkaError::NoSuchPartition { .. })) => {
+                return Err(e)
+            }
+            Err(e) => {
+                warn!(error = %e, "Cannot {what} yet; retrying in {:?}.", backoff);
+                let until = Instant::now() + backoff;
+                while Instant::now() < until {
+                    if shutdown.load(Ordering::Relaxed) {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Runs `pipeline` until `shutdown` is set or a fatal error.
+pub fn run_pipeline(
+    pipeline: &Pipeline,
+    global: &GlobalConfig,
+    options: &RunOptions,
+    metrics: Arc<PipelineMetrics>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), RunError> {
+    let name = pipeline.name.clone();
+    let kafka = |source| RunError::Kafka {
+        pipeline: name.clone(),
+        source: Box::new(source),
+    };
+    let engine = Engine::new(pipeline).map_err(|source| RunError::Engine {
+        pipeline: name.clone(),
+        source: Box::new(source),
+    })?;
+    let streams: Vec<String> = unique(
+        pipeline
+            .plan
+            .sources
+            .iter()
+            .filter(|s| s.role == Role::Stream)
+            .map(|s| s.topic.clone()),
+    );
+    let dims: Vec<String> = unique(
+        pipeline
+            .plan
+            .sources
+            .iter()
+            .filter(|s| s.role == Role::Dimension)
+            .map(|s| s.topic.clone()),
+    );
+    let consumer_props = global.consumer_properties();
+    let brokers = global.kafka.brokers.clone();
+    let max_poll = global
+        .kafka
+        .consumer
+        .max_poll_records
+        .unwrap_or(4096)
+        .max(1) as usize;
+
+    let sink = match connect("create the producer", &shutdown, || {
+        Sink::new(&global.producer_properties())
+    })
+    .map_err(kafka)?
+    {
+        Some(s) => s,
+        None => return Ok(()),
+    };
+    let mut runner = Runner {
+        pipeline,
+        engine,
+        sink,
+        metrics: metrics.clone(),
+        next: HashMap::new(),
+        out: Outputs::default(),
+    };
+
+    // Dimensions first: no output until they are read to their end offsets.
+    let mut dimensions = if dims.is_empty() {
+        None
+    } else {
+        match connect("read the dimension topics", &shutdown, || {
+            DimensionSource::start(&dims, &consumer_props, &brokers, options.dimension_idle)
+        })
+        .map_err(kafka)?
+        {
+            Some(d) => Some(d),
+            None => return Ok(()),
+        }
+    };
+    let started = Instant::now();
+    if let Some(d) = dimensions.as_mut() {
+        metrics
+            .dimension_partitions_pending
+            .store(d.remaining() as u64, Ordering::Relaxed);
+        while !d.caught_up() && !shutdown.load(Ordering::Relaxed) {
+            match d.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let (topic, partition, offset) =
+                        (m.topic().to_string(), m.partition(), m.offset());
+                    runner.push(&m, false)?;
+                    d.progressed(&topic, partition, offset);
+                }
+                Some(Err(error)) => warn!(%error, "Dimension read failed; retrying."),
+                None => d.idle(),
+            }
+            metrics
+                .dimension_partitions_pending
+                .store(d.remaining() as u64, Ordering::Relaxed);
+        }
+        runner.flush(None, 0)?;
+        info!(pipeline = %pipeline.name, topics = ?dims, elapsed = ?started.elapsed(), "Dimensions loaded.");
+    }
+
+    let source = match connect("consume the event streams", &shutdown, || {
+        EventSource::start(
+            &pipeline.name,
+            &pipeline.consumer_group,
+            &streams,
+            options.ownership,
+            &consumer_props,
+            &brokers,
+        )
+    })
+    .map_err(kafka)?
+    {
+        Some(s) => s,
+        None => return Ok(()),
+    };
+    metrics.ready.store(true, Ordering::Relaxed);
+    info!(
+        pipeline = %pipeline.name,
+        group = %pipeline.consumer_group,
+        ownership = ?options.ownership,
+        streams = ?streams,
+        output = %pipeline.output.topic,
+        "Pipeline running."
+    );
+
+    let smart = matches!(pipeline.emission, Emission::Smart { .. });
+    let mut last_commit = Instant::now();
+    let mut last_event = Instant::now();
+    let mut watermark_at_last_event = i64::MIN;
+    let result = loop {
+        if shutdown.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        // Dimension updates keep flowing in.
+        let mut pushed_dimensions = 0u64;
+        if let Some(d) = dimensions.as_ref() {
+            for _ in 0..max_poll {
+                match d.consumer.poll(Duration::ZERO) {
+                    Some(Ok(m)) => {
+                        runner.push(&m, false)?;
+                        pushed_dimensions += 1;
+                    }
+                    Some(Err(error)) => {
+                        warn!(%error, "Dimension read failed.");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        let batch_started = Instant::now();
+        let mut n = 0u64;
+        let mut wait = Duration::from_millis(50);
+        while (n as usize) < max_poll {
+            match source.consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    runner.push(&m, true)?;
+                    n += 1;
+                    wait = Duration::ZERO;
+                }
+                Some(Err(error)) => {
+                    warn!(%error, "Consume failed; librdkafka retries.");
+                    break;
+                }
+                None => break,
+            }
+        }
+        if n > 0 {
+            last_event = Instant::now();
+            watermark_at_last_event = runner.engine.watermark();
+        } else if smart
+            && last_event.elapsed() >= options.idle_watermark_after
+            && watermark_at_last_event > i64::MIN
+        {
+            let advanced =
+                watermark_at_last_event.saturating_add(last_event.elapsed().as_millis() as i64);
+            let mut out = std::mem::take(&mut runner.out);
+            runner
+                .engine
+                .advance_watermark(advanced, &mut out)
+                .map_err(|e| runner.engine_err(e))?;
+            runner.out = out;
+        }
+        if n > 0
+            || pushed_dimensions > 0
+            || runner.engine.pending_rows() > 0
+            || !runner.out.rows.is_empty()
+        {
+            if let Err(e) = runner.flush(Some(batch_started), n) {
+                break Err(e);
+            }
+        }
+        match runner.sink.poll(Duration::ZERO) {
+            Ok(Some(offsets)) if last_commit.elapsed() >= options.commit_interval => {
+                if let Err(error) = source.commit(&offsets, CommitMode::Async) {
+                    warn!(%error, "Commit failed; it is retried with the next one.");
+                }
+                last_commit = Instant::now();
+            }
+            Ok(Some(offsets)) => {
+                if let Ok(mut safe) = source.safe.lock() {
+                    safe.extend(offsets);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                metrics.producer_errors.fetch_add(1, Ordering::Relaxed);
+                break Err(runner.kafka(e));
+            }
+        }
+    };
+
+    // Drain: evaluate what is pending, deliver everything, commit what was delivered.
+    metrics.ready.store(false, Ordering::Relaxed);
+    let drained = match &result {
+        Ok(()) => runner.flush(None, 0).and_then(|()| {
+            runner
+                .sink
+                .drain(options.drain_timeout)
+                .map_err(|e| runner.kafka(e))
+        }),
+        Err(_) => runner
+            .sink
+            .drain(Duration::from_secs(5))
+            .map_err(|e| runner.kafka(e)),
+    };
+    let newest = match drained {
+        Ok(o) => o,
+        Err(e) => {
+            error!(error = %e, "Draining the producer failed; committing only what was delivered.");
+            None
+        }
+    };
+    let safe: CommitOffsets = {
+        let mut all = source.safe.lock().map(|s| s.clone()).unwrap_or_default();
+        if let Some(o) = newest {
+            all.extend(o);
+        }
+        all
+    };
+    if let Err(error) = source.commit(&safe, CommitMode::Sync) {
+        warn!(%error, "Final commit failed; a restart re-reads from the previous commit.");
+    }
+    info!(
+        pipeline = %pipeline.name,
+        produced = runner.sink.produced,
+        in_flight = runner.sink.in_flight(),
+        "Pipeline stopped."
+    );
+    source.consumer.unsubscribe();
+    result
+}
+
+fn unique(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for i in items {
+        if !v.contains(&i) {
+            v.push(i);
+        }
+    }
+    v
+}

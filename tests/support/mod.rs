@@ -1,0 +1,406 @@
+//! Helpers for tests that talk to the real broker (Tansu, started by
+//! `deploy/local/broker.sh`): unique topics, producing, consuming, and running
+//! the `kaflowsql` binary as a child process with its metrics endpoint.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub fn brokers() -> String {
+    std::env::var("KAFLOWSQL_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+/// Fails clearly when no broker answers.
+pub fn require_broker() {
+    let b = brokers();
+    let addr = b.split(',').next().unwrap().to_string();
+    if TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_err() {
+        panic!("no Kafka broker on {addr}: start one with `deploy/local/broker.sh start` (or run deploy/local/test.sh)");
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_000_000;
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn create_topics(topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap();
+    for r in results {
+        if let Err((t, e)) = r {
+            panic!("cannot create topic {t}: {e}");
+        }
+    }
+    // Wait until metadata shows every topic with its partitions.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for (t, p) in topics {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let md = consumer
+                .fetch_metadata(Some(t), Duration::from_secs(5))
+                .unwrap();
+            if md
+                .topics()
+                .iter()
+                .any(|x| x.name() == *t && x.partitions().len() == *p as usize)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "topic {t} did not appear");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub struct TestProducer {
+    producer: BaseProducer,
+}
+
+pub fn producer() -> TestProducer {
+    TestProducer {
+        producer: ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("linger.ms", "0")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap(),
+    }
+}
+
+impl TestProducer {
+    pub fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        ts: i64,
+    ) {
+        let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).timestamp(ts);
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        if let Some(v) = value {
+            r = r.payload(v);
+        }
+        if let Some(p) = partition {
+            r = r.partition(p);
+        }
+        let mut r = r;
+        loop {
+            match self.producer.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    self.producer.poll(Duration::from_millis(10));
+                    r = back;
+                }
+            }
+        }
+        self.producer.poll(Duration::ZERO);
+    }
+
+    pub fn flush(&self) {
+        self.producer.flush(Duration::from_secs(30)).unwrap();
+    }
+}
+
+/// An output record read back.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Received {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Received {
+    /// The `{"key":...,"value":{...}}` line the offline runner prints.
+    pub fn line(&self) -> String {
+        kaflowsql::testing::output_line(self.key.as_deref(), &self.value)
+    }
+}
+
+/// Reads every partition of `topic` from the beginning until `count` records
+/// arrived and then `settle` passed with nothing new, or `timeout`.
+pub fn read_topic(topic: &str, count: usize, settle: Duration, timeout: Duration) -> Vec<Received> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            list.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    consumer.assign(&list).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut last = Instant::now();
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Received {
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+                last = Instant::now();
+            }
+            Some(Err(e)) => panic!("read of {topic} failed: {e}"),
+            None => {
+                if out.len() >= count && last.elapsed() >= settle {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Rewrites a pipeline file so its name and topics are unique to this test.
+/// Returns the new file and the topic renames.
+pub fn localize(file: &Path, dir: &Path, suffix: &str) -> (PathBuf, BTreeMap<String, String>) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let p = kaflowsql::config::Pipeline::parse(file, &text).unwrap();
+    let mut names: Vec<String> = p.plan.sources.iter().map(|s| s.topic.clone()).collect();
+    names.push(p.output.topic.clone());
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    names.dedup();
+    let mut renames = BTreeMap::new();
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut l = line.to_string();
+        if let Some(rest) = l.strip_prefix("name: ") {
+            l = format!("name: {}_{suffix}", rest.trim());
+        } else {
+            for n in &names {
+                l = replace_word(&l, n, &format!("{n}_{suffix}"));
+            }
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    for n in names {
+        let new = format!("{n}_{suffix}");
+        renames.insert(n, new);
+    }
+    let path = dir.join(file.file_name().unwrap());
+    std::fs::write(&path, out).unwrap();
+    (path, renames)
+}
+
+fn replace_word(line: &str, word: &str, with: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(i) = rest.find(word) {
+        let before = rest[..i].chars().last();
+        let after = rest[i + word.len()..].chars().next();
+        let boundary = |c: Option<char>| c.is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        out.push_str(&rest[..i]);
+        if boundary(before) && boundary(after) {
+            out.push_str(with);
+        } else {
+            out.push_str(word);
+        }
+        rest = &rest[i + word.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A running `kaflowsql run`.
+pub struct Kaflowsql {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+pub fn write_config(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join(format!("kaflowsql-{port}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "kafka:\n  brokers: {}\n  consumer:\n    maxPollRecords: 2000\n  properties:\n    session.timeout.ms: \"6000\"\n    max.poll.interval.ms: \"10000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\n",
+            brokers()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+impl Kaflowsql {
+    pub fn start(dir: &Path, pipelines: &[&Path], extra: &[&str]) -> Self {
+        let port = free_port();
+        let config = write_config(dir, port);
+        let log = dir.join(format!("kaflowsql-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaflowsql"));
+        cmd.arg("run").arg("--config").arg(&config).args(extra);
+        for p in pipelines {
+            cmd.arg(p);
+        }
+        let child = cmd
+            .env("KAFLOWSQL_IDLE_WATERMARK_MS", "600000")
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let k = Self { child, port, log };
+        k.wait_until(Duration::from_secs(60), |k| {
+            k.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
+        });
+        k
+    }
+
+    /// GET a path; (status, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// The value of a metric of the scrape (summed over label sets).
+    pub fn metric(&self, name: &str) -> f64 {
+        let Some((_, body)) = self.get("/metrics") else {
+            return f64::NAN;
+        };
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn wait_until(&self, timeout: Duration, mut f: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !f(self) {
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out; kaflowsql log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kaflowsql did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL (kill -9).
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kaflowsql {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
