@@ -3,6 +3,7 @@
 //! dead-letter records, and topic metadata checks.
 
 pub mod dlq;
+pub mod peek;
 pub mod sink;
 pub mod source;
 

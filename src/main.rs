@@ -43,6 +43,22 @@ enum Command {
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
     },
+    /// Print the first records of a topic as {"key":...,"value":...} lines.
+    Peek {
+        /// Kafka bootstrap servers.
+        #[arg(
+            long,
+            env = "KAFLOWSQL_KAFKA_BROKERS",
+            default_value = "localhost:9092"
+        )]
+        brokers: String,
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// How many records.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+    },
     /// Check pipeline files; print every problem with file, line and column.
     Validate {
         /// Pipeline files.
@@ -91,6 +107,11 @@ fn main() -> ExitCode {
             &pipelines,
         ),
         Command::Validate { files } => validate(&files),
+        Command::Peek {
+            brokers,
+            topic,
+            count,
+        } => peek(&brokers, &topic, count),
         Command::Explain { file } => explain(&file),
         Command::Test {
             pipeline,
@@ -115,6 +136,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn peek(brokers: &str, topic: &str, count: usize) -> anyhow::Result<ExitCode> {
+    let records =
+        kaflowsql::kafka::peek::peek(brokers, topic, count, std::time::Duration::from_secs(10))?;
+    for (key, value) in &records {
+        println!("{}", testing::output_line(key.as_deref(), value));
+    }
+    Ok(if records.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {

@@ -208,9 +208,34 @@ impl GlobalConfig {
         if let Some(v) = &c.compression {
             p.insert("compression.type".into(), v.clone());
         }
-        p.extend(self.kafka.properties.clone());
+        p.extend(
+            self.kafka
+                .properties
+                .iter()
+                .filter(|(k, _)| !is_consumer_only(k))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         p
     }
+}
+
+/// librdkafka properties that only consumers take (the producer would warn).
+fn is_consumer_only(key: &str) -> bool {
+    const CONSUMER: &[&str] = &[
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "auto.offset.reset",
+        "enable.auto.commit",
+        "auto.commit.interval.ms",
+        "enable.auto.offset.store",
+        "partition.assignment.strategy",
+        "isolation.level",
+        "queued.min.messages",
+        "queued.max.messages.kbytes",
+        "check.crcs",
+    ];
+    CONSUMER.contains(&key) || key.starts_with("group.") || key.starts_with("fetch.")
 }
 
 #[cfg(test)]
@@ -250,6 +275,8 @@ state:
         let producer = c.producer_properties();
         assert_eq!(producer["compression.type"], "lz4");
         assert_eq!(producer["linger.ms"], "5");
+        assert_eq!(producer["client.id"], "kaflowsql-test");
+        assert!(!producer.contains_key("fetch.min.bytes"));
         assert_eq!(c.http.listen, "0.0.0.0:8080");
     }
 

@@ -1,0 +1,55 @@
+//! `kaflowsql peek`: the first records of a topic, for a quick look at output.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use super::KafkaError;
+
+/// Up to `count` records of `topic` from the beginning of each partition,
+/// waiting at most `timeout`.
+pub fn peek(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<(Option<Vec<u8>>, Vec<u8>)>, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "kaflowsql-peek")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| KafkaError::client("cannot create a consumer", e))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| KafkaError::client(format!("cannot read metadata of `{topic}`"), e))?;
+    let mut list = TopicPartitionList::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            list.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .map_err(|e| KafkaError::client("cannot assign", e))?;
+        }
+    }
+    if list.count() == 0 {
+        return Err(KafkaError::MissingTopic {
+            topic: topic.to_string(),
+            brokers: brokers.to_string(),
+        });
+    }
+    consumer
+        .assign(&list)
+        .map_err(|e| KafkaError::client("cannot assign", e))?;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < count && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        }
+    }
+    Ok(out)
+}
