@@ -8,6 +8,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::KafkaError;
 
+/// A record's key and value.
+pub type KeyValue = (Option<Vec<u8>>, Vec<u8>);
+
 /// Up to `count` records of `topic` from the beginning of each partition,
 /// waiting at most `timeout`.
 pub fn peek(
@@ -15,7 +18,7 @@ pub fn peek(
     topic: &str,
     count: usize,
     timeout: Duration,
-) -> Result<Vec<(Option<Vec<u8>>, Vec<u8>)>, KafkaError> {
+) -> Result<Vec<KeyValue>, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "kaflowsql-peek")
