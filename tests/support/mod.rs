@@ -101,9 +101,14 @@ pub struct TestProducer {
 }
 
 pub fn producer() -> TestProducer {
+    producer_on(&brokers())
+}
+
+/// A producer on the given brokers.
+pub fn producer_on(brokers: &str) -> TestProducer {
     TestProducer {
         producer: ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", brokers)
             .set("linger.ms", "0")
             .set("enable.idempotence", "true")
             .create()
@@ -166,8 +171,13 @@ impl Received {
 /// Reads every partition of `topic` from the beginning until `count` records
 /// arrived and then `settle` passed with nothing new, or `timeout`.
 pub fn read_topic(topic: &str, count: usize, settle: Duration, timeout: Duration) -> Vec<Received> {
+    read_topic_from(&brokers(), topic, count, settle, timeout)
+}
+
+/// [`read_topic`] on the given brokers.
+pub fn read_topic_from(brokers: &str, topic: &str, count: usize, settle: Duration, timeout: Duration) -> Vec<Received> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
         .create()
@@ -289,12 +299,16 @@ pub struct Kaflowsql {
 }
 
 pub fn write_config(dir: &Path, port: u16) -> PathBuf {
+    write_config_for(&brokers(), dir, port)
+}
+
+/// A global config pointing at `brokers`, listening on `port`.
+pub fn write_config_for(brokers: &str, dir: &Path, port: u16) -> PathBuf {
     let path = dir.join(format!("kaflowsql-{port}.yaml"));
     std::fs::write(
         &path,
         format!(
-            "kafka:\n  brokers: {}\n  consumer:\n    maxPollRecords: 2000\n  properties:\n    session.timeout.ms: \"6000\"\n    max.poll.interval.ms: \"10000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\n",
-            brokers()
+            "kafka:\n  brokers: {brokers}\n  consumer:\n    maxPollRecords: 2000\n  properties:\n    session.timeout.ms: \"6000\"\n    max.poll.interval.ms: \"10000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\n"
         ),
     )
     .unwrap();
@@ -303,8 +317,13 @@ pub fn write_config(dir: &Path, port: u16) -> PathBuf {
 
 impl Kaflowsql {
     pub fn start(dir: &Path, pipelines: &[&Path], extra: &[&str]) -> Self {
+        Self::start_on(&brokers(), dir, pipelines, extra)
+    }
+
+    /// [`Kaflowsql::start`] against the given brokers.
+    pub fn start_on(brokers: &str, dir: &Path, pipelines: &[&Path], extra: &[&str]) -> Self {
         let port = free_port();
-        let config = write_config(dir, port);
+        let config = write_config_for(brokers, dir, port);
         let log = dir.join(format!("kaflowsql-{port}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaflowsql"));
         cmd.arg("run").arg("--config").arg(&config).args(extra);
