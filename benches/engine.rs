@@ -7,7 +7,7 @@
 //!
 //! Throughput comes from criterion (elements = events). After criterion, a
 //! latency pass prints p50/p95/p99 per-event latency (from push to the end of
-//! the flush that emits it) at the default micro-batch size.
+//! the flush that emits it) at micro-batches of 256 and 4096 rows.
 //!
 //! Run: `cargo bench --bench engine` (add `-- --quick` for a short run).
 
@@ -20,6 +20,10 @@ use criterion::{criterion_group, Criterion, Throughput};
 use kaflowsql::codec::TopicSchema;
 use kaflowsql::config::Pipeline;
 use kaflowsql::engine::{Engine, Outputs, SourceRecord};
+
+/// The same allocator as the `kaflowsql` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EVENTS: usize = 100_000;
 const KEYS: usize = 10_000;
@@ -156,7 +160,7 @@ fn feed(engine: &mut Engine, recs: &[Rec], out: &mut Outputs) {
             )
             .unwrap();
         if out.rows.len() > 65_536 {
-            out.rows.clear();
+            out.clear_rows();
         }
     }
     engine.flush(out).unwrap();
@@ -217,10 +221,9 @@ fn benches(c: &mut Criterion) {
 }
 
 /// Per-event latency: each event waits for its batch's flush to finish.
-fn latency_report(name: &str, p: &Pipeline, dims: &[Rec], events: &[Rec]) {
-    let mut engine = loaded_engine(p, dims);
+fn latency_report(name: &str, p: &Pipeline, dims: &[Rec], events: &[Rec], batch: usize) {
+    let mut engine = loaded_engine(p, dims).with_batch_rows(batch);
     let mut out = Outputs::default();
-    let batch = kaflowsql::engine::DEFAULT_BATCH_ROWS;
     let mut latencies_ns: Vec<u64> = Vec::with_capacity(events.len());
     let mut pushed_at: Vec<Instant> = Vec::with_capacity(batch);
     let started = Instant::now();
@@ -243,7 +246,7 @@ fn latency_report(name: &str, p: &Pipeline, dims: &[Rec], events: &[Rec]) {
             engine.flush(&mut out).unwrap();
             let done = Instant::now();
             latencies_ns.extend(pushed_at.drain(..).map(|t| (done - t).as_nanos() as u64));
-            out.rows.clear();
+            out.clear_rows();
         }
     }
     engine.flush(&mut out).unwrap();
@@ -268,8 +271,22 @@ criterion_group!(engine_benches, benches);
 fn main() {
     engine_benches();
     Criterion::default().configure_from_args().final_summary();
-    let (dims, events) = simple_records();
-    latency_report("simple_enrichment", &simple_pipeline(), &dims, &events);
-    let (dims, events) = three_way_records();
-    latency_report("three_way_join", &three_way_pipeline(), &dims, &events);
+    for batch in [256, kaflowsql::engine::DEFAULT_BATCH_ROWS] {
+        let (dims, events) = simple_records();
+        latency_report(
+            "simple_enrichment",
+            &simple_pipeline(),
+            &dims,
+            &events,
+            batch,
+        );
+        let (dims, events) = three_way_records();
+        latency_report(
+            "three_way_join",
+            &three_way_pipeline(),
+            &dims,
+            &events,
+            batch,
+        );
+    }
 }

@@ -27,7 +27,7 @@ use crate::codec::{
 use crate::config::{Emission, OnTimeout, Pipeline};
 use crate::emit::{Held, HeldId};
 use crate::eval::{EvalError, Evaluator};
-use crate::join::{key_of, Joiner, LookupStats, Mode, Probe, SourceState, Table};
+use crate::join::{key_of, Joiner, LookupStats, Mode, Probe, Scratch, SourceState, Table};
 use crate::offsets::OffsetPins;
 use crate::sql::{ColumnRef, DuckSql, JoinKind, QueryPlan, Role};
 use crate::state::{DimensionTable, ShardStats, StreamTable};
@@ -76,13 +76,14 @@ impl Origin {
     }
 }
 
-/// One output record.
+/// One output record; its key and value bytes live in [`Outputs`]' buffer
+/// (read them with [`Outputs::key`] and [`Outputs::value`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutputRow {
-    /// Kafka key (text of the `output.key` column).
-    pub key: Option<Vec<u8>>,
-    /// JSON object.
-    pub value: Vec<u8>,
+    /// Kafka key (text of the `output.key` column), as a range of the buffer.
+    key: Option<Range<usize>>,
+    /// JSON object, as a range of the buffer.
+    value: Range<usize>,
     /// The driving event of the row.
     pub driving: Origin,
     /// The arrival that produced the row.
@@ -113,6 +114,26 @@ pub struct Outputs {
     pub rows: Vec<OutputRow>,
     /// Records to send to the dead-letter topic.
     pub dead_letters: Vec<DeadLetter>,
+    /// Key and value bytes of every row (one allocation per batch, not per row).
+    data: Vec<u8>,
+}
+
+impl Outputs {
+    /// The Kafka key of `row`.
+    pub fn key(&self, row: &OutputRow) -> Option<&[u8]> {
+        row.key.as_ref().map(|r| &self.data[r.clone()])
+    }
+
+    /// The JSON value of `row`.
+    pub fn value(&self, row: &OutputRow) -> &[u8] {
+        &self.data[row.value.clone()]
+    }
+
+    /// Forgets every row (after they were written).
+    pub fn clear_rows(&mut self) {
+        self.rows.clear();
+        self.data.clear();
+    }
 }
 
 /// Counters of one engine.
@@ -198,6 +219,7 @@ pub struct Engine {
     max_batch_rows: usize,
     since_sweep: u32,
     probes: Vec<Probe>,
+    scratch: Scratch,
     ids: Vec<HeldId>,
     key_buf: Vec<u8>,
 }
@@ -272,6 +294,9 @@ impl Engine {
             .enumerate()
             .map(|(t, name)| {
                 let spec = pipeline.sources.get(name).cloned().unwrap_or_default();
+                let is_dimension = sources
+                    .iter()
+                    .any(|s| s.topic as usize == t && s.role == Role::Dimension);
                 TopicState {
                     schema: TopicSchema::new(
                         name,
@@ -279,7 +304,8 @@ impl Engine {
                         &spec.columns,
                         spec.timestamp.as_deref(),
                         &topic_keys[t],
-                    ),
+                    )
+                    .keep_kafka_key(is_dimension),
                     sources: (0..plan.sources.len())
                         .filter(|&s| sources[s].topic as usize == t)
                         .collect(),
@@ -321,6 +347,7 @@ impl Engine {
             max_batch_rows: DEFAULT_BATCH_ROWS,
             since_sweep: 0,
             probes: Vec::new(),
+            scratch: Scratch::default(),
             ids: Vec::new(),
             key_buf: Vec::new(),
         })
@@ -389,7 +416,11 @@ impl Engine {
 
     /// The index of a topic by name.
     pub fn topic_index(&self, topic: &str) -> Option<u16> {
-        self.topic_index.get(topic).copied()
+        // A pipeline reads a handful of topics: a scan beats hashing the name.
+        self.topics
+            .iter()
+            .position(|t| t.schema.topic == topic)
+            .map(|i| i as u16)
     }
 
     /// The current watermark (largest event time seen).
@@ -408,7 +439,7 @@ impl Engine {
         record: &SourceRecord<'_>,
         out: &mut Outputs,
     ) -> Result<(), EngineError> {
-        let Some(&t) = self.topic_index.get(record.topic) else {
+        let Some(t) = self.topic_index(record.topic) else {
             return Err(EngineError::UnknownTopic(record.topic.to_string()));
         };
         self.stats.records += 1;
@@ -704,6 +735,7 @@ impl Engine {
             &mut self.rows,
             probes,
             &mut self.stats.lookups,
+            &mut self.scratch,
         );
         if let GroupKind::Smart(id) = kind {
             self.held.register(id, &self.probes);
@@ -921,17 +953,22 @@ impl Engine {
             return Ok(());
         }
         let chosen = take_record_batch(&ev.values, &UInt32Array::from(picked))?;
-        let (buf, ends) = encode_json_rows(&chosen)?;
-        let mut start = 0;
-        for (i, end) in ends.iter().enumerate() {
+        let base = out.data.len();
+        let ends = encode_json_rows(&chosen, &mut out.data)?;
+        let mut start = base;
+        for (i, &end) in ends.iter().enumerate() {
             let key = match self.key_column {
-                Some(c) => key_bytes(chosen.column(c).as_ref(), i)?,
+                Some(c) => {
+                    let at = out.data.len();
+                    key_bytes(chosen.column(c).as_ref(), i, &mut out.data)?
+                        .then(|| at..out.data.len())
+                }
                 None => None,
             };
             let (driving, trigger) = origins[i];
             out.rows.push(OutputRow {
                 key,
-                value: buf[start..*end].to_vec(),
+                value: start..end,
                 driving,
                 trigger,
             });

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::codec::{canonical_key, hash_key, Event, Value};
+use crate::codec::{canonical_key, hash_key, Event};
 use crate::sql::{JoinKind, QueryPlan, Role};
 use crate::state::{is_live, DimensionTable, StreamTable};
 
@@ -87,6 +87,14 @@ pub fn key_of(event: &Event, columns: &[usize], buf: &mut Vec<u8>) -> Option<u64
     canonical_key(values, buf).then(|| hash_key(buf))
 }
 
+/// Buffers reused from one enumeration to the next (no allocation per event).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    row: Vec<Option<Arc<Event>>>,
+    key: Vec<u8>,
+    pinned_key: Vec<u8>,
+}
+
 struct Walk<'w> {
     driving_pinned: Option<(usize, &'w Arc<Event>)>,
     mode: Mode,
@@ -94,6 +102,7 @@ struct Walk<'w> {
     probes: Option<&'w mut Vec<Probe>>,
     stats: &'w mut LookupStats,
     key: Vec<u8>,
+    pinned_key: Vec<u8>,
     rows: usize,
 }
 
@@ -101,6 +110,7 @@ impl Joiner<'_> {
     /// Appends to `out` every row for `driving` (stride = number of sources).
     /// With `pinned = Some((s, e))`, source `s` is `e` and nothing else.
     /// Every probe made is pushed to `probes` when given. Returns the row count.
+    #[allow(clippy::too_many_arguments)]
     pub fn enumerate(
         &self,
         driving: &Arc<Event>,
@@ -109,8 +119,11 @@ impl Joiner<'_> {
         out: &mut Vec<Option<Arc<Event>>>,
         probes: Option<&mut Vec<Probe>>,
         stats: &mut LookupStats,
+        scratch: &mut Scratch,
     ) -> usize {
-        let mut row: Vec<Option<Arc<Event>>> = vec![None; self.plan.sources.len()];
+        let mut row = std::mem::take(&mut scratch.row);
+        row.clear();
+        row.resize(self.plan.sources.len(), None);
         row[0] = Some(driving.clone());
         let mut walk = Walk {
             driving_pinned: pinned,
@@ -118,10 +131,15 @@ impl Joiner<'_> {
             out,
             probes,
             stats,
-            key: Vec::with_capacity(32),
+            key: std::mem::take(&mut scratch.key),
+            pinned_key: std::mem::take(&mut scratch.pinned_key),
             rows: 0,
         };
         self.step(0, &mut row, &mut walk);
+        row.clear();
+        scratch.row = row;
+        scratch.key = walk.key;
+        scratch.pinned_key = walk.pinned_key;
         walk.rows
     }
 
@@ -134,17 +152,16 @@ impl Joiner<'_> {
         let s = join.source;
         let source = &self.sources[s];
         // The probe key, from earlier sources of this row.
-        let mut probe_values: Vec<&Value> = Vec::with_capacity(join.keys.len());
-        let mut complete = true;
-        for (probe, _) in &join.keys {
-            match &row[probe.source] {
-                Some(e) => {
-                    probe_values.push(&e.values[self.sources[probe.source].columns[probe.column]])
-                }
-                None => complete = false,
-            }
-        }
-        let hash = if complete && canonical_key(probe_values.iter().copied(), &mut walk.key) {
+        let complete = join
+            .keys
+            .iter()
+            .all(|(probe, _)| row[probe.source].is_some());
+        let probe_values = join.keys.iter().filter_map(|(probe, _)| {
+            row[probe.source]
+                .as_ref()
+                .map(|e| &e.values[self.sources[probe.source].columns[probe.column]])
+        });
+        let hash = if complete && canonical_key(probe_values, &mut walk.key) {
             Some(hash_key(&walk.key))
         } else {
             None
@@ -155,11 +172,13 @@ impl Joiner<'_> {
                 probes.push((s, hash));
             }
             walk.stats.lookups += 1;
-            let key = std::mem::take(&mut walk.key);
+            // A copy on the stack, so deeper joins reuse `walk.key` without allocating.
+            let key: smallvec::SmallVec<[u8; 64]> = smallvec::SmallVec::from_slice(&walk.key);
             match walk.driving_pinned {
                 Some((ps, pe)) if ps == s => {
-                    let mut buf = Vec::new();
-                    if key_of(pe, &source.index, &mut buf).is_some() && buf == key {
+                    if key_of(pe, &source.index, &mut walk.pinned_key).is_some()
+                        && walk.pinned_key[..] == key[..]
+                    {
                         matched = true;
                         row[s] = Some(pe.clone());
                         self.step(j + 1, row, walk);
@@ -177,7 +196,6 @@ impl Joiner<'_> {
                     }
                 }
             }
-            walk.key = key;
             if matched {
                 walk.stats.hits += 1;
             }

@@ -166,7 +166,7 @@ pub fn run(engine: &mut Engine, records: &[Recorded]) -> Result<RunOutput, TestE
         lines: outputs
             .rows
             .iter()
-            .map(|r| output_line(r.key.as_deref(), &r.value))
+            .map(|r| output_line(outputs.key(r), outputs.value(r)))
             .collect(),
         dead_letters: outputs.dead_letters,
     })

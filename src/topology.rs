@@ -154,7 +154,7 @@ impl Runner<'_> {
         self.engine
             .flush(&mut self.out)
             .map_err(|e| self.engine_err(e))?;
-        for row in std::mem::take(&mut self.out.rows) {
+        for row in &self.out.rows {
             let topic = self.engine.topic_name(row.driving.topic).to_string();
             let partition = row.driving.partition.to_string();
             let offset = row.driving.offset.to_string();
@@ -171,16 +171,23 @@ impl Runner<'_> {
                     key: headers::SOURCE_OFFSET,
                     value: Some(&offset),
                 });
-            self.sink
-                .send(
-                    &self.pipeline.output.topic,
-                    row.key.as_deref(),
-                    &row.value,
-                    h,
-                )
-                .map_err(|e| self.kafka(e))?;
-            self.metrics.output_records.fetch_add(1, Ordering::Relaxed);
+            let sent = self.sink.send(
+                &self.pipeline.output.topic,
+                self.out.key(row),
+                self.out.value(row),
+                h,
+            );
+            if let Err(e) = sent {
+                return Err(RunError::Kafka {
+                    pipeline: self.pipeline.name.clone(),
+                    source: Box::new(e),
+                });
+            }
         }
+        self.metrics
+            .output_records
+            .fetch_add(self.out.rows.len() as u64, Ordering::Relaxed);
+        self.out.clear_rows();
         let mut offsets = CommitOffsets::new();
         for (&(t, p), &next) in &self.next {
             offsets.insert(

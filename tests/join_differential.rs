@@ -105,7 +105,8 @@ fn batch_rows(conn: &Connection, sql: &str) -> Vec<String> {
     let mut stmt = conn.prepare(sql).unwrap();
     let mut out = Vec::new();
     for batch in stmt.query_arrow([]).unwrap() {
-        let (buf, ends) = encode_json_rows(&batch).unwrap();
+        let mut buf = Vec::new();
+        let ends = encode_json_rows(&batch, &mut buf).unwrap();
         let mut start = 0;
         for end in ends {
             out.push(String::from_utf8(buf[start..end].to_vec()).unwrap());

@@ -58,6 +58,8 @@ pub struct TopicSchema {
     pub timestamp_column: Option<usize>,
     /// Columns that must be present and non-null (join keys).
     pub key_columns: Vec<usize>,
+    /// Whether events keep their Kafka key (dimensions need it; streams do not).
+    keep_key: bool,
     version: u64,
 }
 
@@ -92,8 +94,15 @@ impl TopicSchema {
             columns: columns.clone(),
             types,
             declared: declared_flags,
+            keep_key: true,
             version: 0,
         }
+    }
+
+    /// Whether decoded events keep their Kafka key (default: yes).
+    pub fn keep_kafka_key(mut self, keep: bool) -> Self {
+        self.keep_key = keep;
+        self
     }
 
     /// Index of a column by name.
@@ -151,7 +160,11 @@ impl TopicSchema {
             partition,
             offset,
             timestamp,
-            key: key.map(Box::from),
+            key: if self.keep_key {
+                key.map(Box::from)
+            } else {
+                None
+            },
             values: values.into_boxed_slice(),
         })
     }
@@ -243,7 +256,7 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(FieldName(key)) = map.next_key::<FieldName<'de>>()? {
             match self.columns.iter().position(|c| *c == *key) {
                 Some(i) => {
                     let raw: &RawValue = map.next_value()?;
@@ -282,13 +295,38 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
     }
 }
 
+/// An object key, borrowed from the input unless it has escapes.
+struct FieldName<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for FieldName<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = FieldName<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FieldName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(FieldName(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
 fn value_of(raw: &RawValue) -> Result<Value, serde_json::Error> {
     let text = raw.get();
     Ok(match text.as_bytes().first() {
         Some(b'{') | Some(b'[') => Value::Json(text.into()),
+        Some(b'"') if text.len() >= 2 && !text.contains('\\') => {
+            Value::Str(text[1..text.len() - 1].into())
+        }
         Some(b'"') => {
-            let s: Cow<'_, str> = serde_json::from_str(text)?;
-            Value::Str(s.into())
+            let s: String = serde_json::from_str(text)?;
+            Value::Str(s.into_boxed_str())
         }
         Some(b't') => Value::Bool(true),
         Some(b'f') => Value::Bool(false),
@@ -383,6 +421,17 @@ mod tests {
         ));
         // A rejected record does not fix a column's type.
         assert_eq!(s.column_type(1), None);
+    }
+
+    #[test]
+    fn unescapes_strings_and_field_names() {
+        let mut s = schema();
+        let e = s
+            .decode(0, 0, 0, 0, None, br#"{"i\u0064":"a\"b\n","amount":1}"#)
+            .unwrap();
+        assert_eq!(e.values[0], Value::Str("a\"b\n".into()));
+        let e = s.decode(0, 0, 0, 0, None, br#"{"id":"plain"}"#).unwrap();
+        assert_eq!(e.values[0], Value::Str("plain".into()));
     }
 
     #[test]

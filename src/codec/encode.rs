@@ -10,38 +10,42 @@ use duckdb::arrow::json::WriterBuilder;
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::arrow::util::display::array_value_to_string;
 
-/// Encodes every row of `batch` as a JSON object; returns one buffer and the
-/// end offset of each row in it (row `i` is `buf[ends[i-1]+1..ends[i]]`).
-pub fn encode_json_rows(batch: &RecordBatch) -> Result<(Vec<u8>, Vec<usize>), ArrowError> {
+/// Appends every row of `batch` to `buf` as a JSON object followed by a
+/// newline; returns the end offset (in `buf`) of each row: the first row is
+/// `buf[start..ends[0]]`, row `i` is `buf[ends[i-1]+1..ends[i]]`.
+pub fn encode_json_rows(batch: &RecordBatch, buf: &mut Vec<u8>) -> Result<Vec<usize>, ArrowError> {
+    let start = buf.len();
     let mut writer = WriterBuilder::new()
         .with_explicit_nulls(true)
-        .build::<_, LineDelimited>(Vec::with_capacity(batch.num_rows() * 96));
+        .build::<_, LineDelimited>(&mut *buf);
     writer.write(batch)?;
     writer.finish()?;
-    let buf = writer.into_inner();
-    // Each row ends with '\n' (JSON escapes newlines inside strings); keep the
-    // offsets and drop the separators from the row ends.
+    drop(writer);
+    // Each row ends with '\n' (JSON escapes newlines inside strings).
     let mut ends = Vec::with_capacity(batch.num_rows());
-    for (i, b) in buf.iter().enumerate() {
+    for (i, b) in buf[start..].iter().enumerate() {
         if *b == b'\n' {
-            ends.push(i);
+            ends.push(start + i);
         }
     }
-    Ok((buf, ends))
+    Ok(ends)
 }
 
-/// The Kafka key of `row` from `column`: strings as their bytes, other values
-/// as their text, NULL as no key.
-pub fn key_bytes(column: &dyn Array, row: usize) -> Result<Option<Vec<u8>>, ArrowError> {
+/// Appends the Kafka key of `row` from `column` to `buf`: strings as their
+/// bytes, other values as their text. Returns false (nothing appended) for NULL.
+pub fn key_bytes(column: &dyn Array, row: usize, buf: &mut Vec<u8>) -> Result<bool, ArrowError> {
     if column.is_null(row) {
-        return Ok(None);
+        return Ok(false);
     }
-    Ok(Some(match column.data_type() {
-        DataType::Utf8 => column.as_string::<i32>().value(row).as_bytes().to_vec(),
-        DataType::LargeUtf8 => column.as_string::<i64>().value(row).as_bytes().to_vec(),
-        DataType::Utf8View => column.as_string_view().value(row).as_bytes().to_vec(),
-        _ => array_value_to_string(column, row)?.into_bytes(),
-    }))
+    match column.data_type() {
+        DataType::Utf8 => buf.extend_from_slice(column.as_string::<i32>().value(row).as_bytes()),
+        DataType::LargeUtf8 => {
+            buf.extend_from_slice(column.as_string::<i64>().value(row).as_bytes())
+        }
+        DataType::Utf8View => buf.extend_from_slice(column.as_string_view().value(row).as_bytes()),
+        _ => buf.extend_from_slice(array_value_to_string(column, row)?.as_bytes()),
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -67,15 +71,21 @@ mod tests {
             ],
         )
         .unwrap();
-        let (buf, ends) = encode_json_rows(&batch).unwrap();
+        let mut buf = b"prefix".to_vec();
+        let ends = encode_json_rows(&batch, &mut buf).unwrap();
         assert_eq!(ends.len(), 2);
-        assert_eq!(&buf[..ends[0]], br#"{"user_id":"u\n1","amount":1.5,"n":7}"#);
+        assert_eq!(
+            &buf[6..ends[0]],
+            br#"{"user_id":"u\n1","amount":1.5,"n":7}"#
+        );
         assert_eq!(
             &buf[ends[0] + 1..ends[1]],
             br#"{"user_id":"u2","amount":null,"n":8}"#
         );
-        assert_eq!(key_bytes(batch.column(0), 1).unwrap(), Some(b"u2".to_vec()));
-        assert_eq!(key_bytes(batch.column(2), 0).unwrap(), Some(b"7".to_vec()));
-        assert_eq!(key_bytes(batch.column(1), 1).unwrap(), None);
+        let mut k = Vec::new();
+        assert!(key_bytes(batch.column(0), 1, &mut k).unwrap());
+        assert!(key_bytes(batch.column(2), 0, &mut k).unwrap());
+        assert!(!key_bytes(batch.column(1), 1, &mut k).unwrap());
+        assert_eq!(k, b"u27");
     }
 }

@@ -175,7 +175,13 @@ pub fn read_topic(topic: &str, count: usize, settle: Duration, timeout: Duration
 }
 
 /// [`read_topic`] on the given brokers.
-pub fn read_topic_from(brokers: &str, topic: &str, count: usize, settle: Duration, timeout: Duration) -> Vec<Received> {
+pub fn read_topic_from(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    settle: Duration,
+    timeout: Duration,
+) -> Vec<Received> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
