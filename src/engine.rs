@@ -961,7 +961,7 @@ impl Engine {
                 Some(c) => {
                     let at = out.data.len();
                     key_bytes(chosen.column(c).as_ref(), i, &mut out.data)?
-                        .then(|| at..out.data.len())
+                        .then_some(at..out.data.len())
                 }
                 None => None,
             };
