@@ -75,6 +75,8 @@ fn the_pipeline_waits_out_a_broker_outage_and_loses_nothing() {
     );
     cluster.broker_up(1).unwrap();
 
+    // A new producer for the second half: the test's own client is not under test.
+    let p = producer_on(&brokers);
     for i in 500..1_000 {
         p.send(
             &renames["trades"],
