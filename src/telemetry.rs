@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use tracing::warn;
 
+pub mod profile;
+
 /// Histogram bucket bounds in seconds, from 10 µs.
 const BUCKETS: [f64; 16] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -290,7 +292,9 @@ pub fn resident_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the process ends.
+/// Serves `/metrics`, `/healthz`, `/readyz` and `/debug/pprof/profile` on
+/// `listener` until the process ends (a thread per connection, so a long
+/// profile does not hold up scrapes).
 pub fn serve(listener: TcpListener, registry: Arc<Registry>) {
     std::thread::Builder::new()
         .name("kaflowsql-http".into())
@@ -298,8 +302,16 @@ pub fn serve(listener: TcpListener, registry: Arc<Registry>) {
             for stream in listener.incoming() {
                 match stream {
                     Ok(s) => {
-                        if let Err(error) = answer(s, &registry) {
-                            warn!(%error, "HTTP request failed.");
+                        let registry = registry.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("kaflowsql-http-conn".into())
+                            .spawn(move || {
+                                if let Err(error) = answer(s, &registry) {
+                                    warn!(%error, "HTTP request failed.");
+                                }
+                            });
+                        if let Err(error) = spawned {
+                            warn!(%error, "Cannot start an HTTP connection thread.");
                         }
                     }
                     Err(error) => warn!(%error, "HTTP accept failed."),
@@ -319,8 +331,30 @@ fn answer(stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
     while reader.read_line(&mut line)? > 2 {
         line.clear();
     }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-    let path = path.split('?').next().unwrap_or("/");
+    let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path == "/debug/pprof/profile" {
+        let (status, body, kind): (&str, Vec<u8>, &str) = match profile::parse_query(query) {
+            Err(e) => (
+                "400 Bad Request",
+                format!("{e}\n").into_bytes(),
+                "text/plain",
+            ),
+            Ok((duration, format)) => match profile::cpu_profile(duration, format) {
+                Ok(body) if format == profile::Format::Svg => ("200 OK", body, "image/svg+xml"),
+                Ok(body) => ("200 OK", body, "application/octet-stream"),
+                Err(e) => ("409 Conflict", format!("{e}\n").into_bytes(), "text/plain"),
+            },
+        };
+        let mut stream = stream;
+        write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        stream.write_all(&body)?;
+        return stream.flush();
+    }
     let (status, body, kind) = match path {
         "/metrics" => ("200 OK", registry.render(), "text/plain; version=0.0.4"),
         "/healthz" => ("200 OK", "ok\n".to_string(), "text/plain"),

@@ -350,6 +350,44 @@ impl Kaflowsql {
         k
     }
 
+    /// Starts without waiting for readiness (the HTTP server answers at once).
+    pub fn spawn(dir: &Path, pipelines: &[&Path]) -> Self {
+        let port = free_port();
+        let config = write_config(dir, port);
+        let log = dir.join(format!("kaflowsql-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaflowsql"));
+        cmd.arg("run").arg("--config").arg(&config);
+        for p in pipelines {
+            cmd.arg(p);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let k = Self { child, port, log };
+        k.wait_until(Duration::from_secs(30), |k| k.get("/healthz").is_some());
+        k
+    }
+
+    /// GET a path; (status, raw body bytes).
+    pub fn get_bytes(&self, path: &str, timeout: Duration) -> Option<(u16, Vec<u8>)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).ok()?;
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, raw[split + 4..].to_vec()))
+    }
+
     /// GET a path; (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;

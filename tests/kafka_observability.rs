@@ -1,0 +1,140 @@
+//! Observability on the real broker: counters move by the right amounts,
+//! the join hit rate matches the data's, `/readyz` waits for the dimensions,
+//! and `/debug/pprof/profile` returns a pprof protobuf with samples from
+//! kaflowsql's own functions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pprof::protos::Message;
+use support::{create_topics, localize, producer, require_broker, unique, Kaflowsql};
+
+#[test]
+fn metrics_readiness_and_cpu_profile() {
+    require_broker();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let suffix = unique("obs").replace('-', "_");
+    let (local, renames) = localize(&root.join("pipelines/trades.yaml"), dir.path(), &suffix);
+    // The dimension topic dim_traders does not exist yet: the pipeline waits, not ready.
+    create_topics(&[
+        (&renames["trades"], 1),
+        (&renames["dim_symbols"], 1),
+        (&renames["enriched_trades"], 1),
+    ]);
+    let k = Kaflowsql::spawn(dir.path(), &[&local]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        k.get("/readyz").unwrap().0,
+        503,
+        "not ready before the dimensions are read"
+    );
+    assert_eq!(k.get("/healthz").unwrap().0, 200, "alive all the same");
+    // A backlog of trades (in blocks of 10, so hit rates are exact) waits for the dimensions.
+    let p = producer();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let trades: u64 = 100_000;
+    for i in 0..trades {
+        let v = format!(
+            r#"{{"trade_id":{i},"symbol":"S{}","trader_id":"T{}","qty":1,"price":2.5}}"#,
+            i % 10,
+            i % 5
+        );
+        p.send(
+            &renames["trades"],
+            Some(0),
+            Some(format!("S{}", i % 10).as_bytes()),
+            Some(v.as_bytes()),
+            now + i as i64,
+        );
+    }
+    create_topics(&[(&renames["dim_traders"], 1)]);
+    // 10 symbols, 9 of them known; 5 traders, all known.
+    for s in 0..9 {
+        let v = format!(r#"{{"symbol":"S{s}","name":"Company {s}","sector":"Tech"}}"#);
+        p.send(
+            &renames["dim_symbols"],
+            None,
+            Some(format!("S{s}").as_bytes()),
+            Some(v.as_bytes()),
+            now,
+        );
+    }
+    for t in 0..5 {
+        let v = format!(r#"{{"trader_id":"T{t}","desk":"D","region":"EU"}}"#);
+        p.send(
+            &renames["dim_traders"],
+            None,
+            Some(format!("T{t}").as_bytes()),
+            Some(v.as_bytes()),
+            now,
+        );
+    }
+    p.flush();
+    // Profile while the backlog is processed.
+    k.wait_until(Duration::from_secs(60), |k| {
+        k.metric("kaflowsql_events_processed_total") > 2_000.0
+    });
+    let before = k.metric("kaflowsql_events_processed_total");
+    let (status, body) = k
+        .get_bytes("/debug/pprof/profile?seconds=2", Duration::from_secs(30))
+        .unwrap();
+    eprintln!(
+        "processed before profile {before}, after {}",
+        k.metric("kaflowsql_events_processed_total")
+    );
+    k.wait_until(Duration::from_secs(10), |k| {
+        k.get("/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(status, 200);
+    let profile = pprof::protos::Profile::decode(body.as_slice()).expect("a pprof protobuf");
+    eprintln!(
+        "profile: {} bytes, {} samples",
+        body.len(),
+        profile.sample.len()
+    );
+    assert!(!profile.sample.is_empty(), "samples were taken");
+    assert!(
+        profile.string_table.iter().any(|s| s.contains("kaflowsql")),
+        "kaflowsql's own functions appear in the profile"
+    );
+    let (svg_status, svg) = k
+        .get_bytes(
+            "/debug/pprof/profile?seconds=1&format=svg",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert_eq!(svg_status, 200);
+    assert!(String::from_utf8_lossy(&svg).contains("<svg"));
+
+    let sent = (9 + 5 + trades) as f64;
+    k.wait_until(Duration::from_secs(60), |k| {
+        k.metric("kaflowsql_events_processed_total") >= sent
+    });
+    k.wait_until(Duration::from_secs(30), |k| {
+        k.metric("kaflowsql_output_records_total") >= trades as f64
+    });
+    assert_eq!(
+        k.metric("kaflowsql_events_processed_total"),
+        sent,
+        "every record counted once"
+    );
+    assert_eq!(k.metric("kaflowsql_output_records_total"), trades as f64);
+    // Two lookups per trade: the symbol (9 of 10 known) and the trader (all known).
+    let hit_rate = k.metric("kaflowsql_join_hit_rate");
+    assert!((hit_rate - 0.95).abs() < 0.001, "hit rate {hit_rate}");
+    assert_eq!(
+        k.metric("kaflowsql_join_lookups_total"),
+        2.0 * trades as f64
+    );
+    assert!(k.metric("kaflowsql_processing_duration_histogram_count") >= trades as f64);
+    assert!(k.metric("kaflowsql_memory_usage_bytes") > 1e6);
+    assert!(k.terminate().success());
+}
