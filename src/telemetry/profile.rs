@@ -61,6 +61,11 @@ pub fn cpu_profile(duration: Duration, format: Format) -> Result<Vec<u8>, String
         .map_err(|e| format!("cannot build the profile: {e}"))?;
     let mut body = Vec::new();
     match format {
+        Format::Svg if report.data.is_empty() => {
+            return Err(format!(
+                "no CPU samples in {duration:?}: the process was idle; profile while it works"
+            ))
+        }
         Format::Svg => report
             .flamegraph(&mut body)
             .map_err(|e| format!("cannot draw the flamegraph: {e}"))?,

@@ -1,0 +1,125 @@
+//! The deployment files are checked with what can run here (no container
+//! engine): hadolint on the Dockerfile, the Kubernetes schemas on the
+//! manifests, and kaflowsql's own loaders on the configs they carry. Both
+//! linters come from `deploy/local/deps.sh`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kaflowsql::config::{GlobalConfig, Pipeline};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tool(name: &str) -> PathBuf {
+    let path = root().join(".deps/venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run deploy/local/deps.sh",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn dockerfile_passes_hadolint_and_builds_as_ci_does() {
+    let out = Command::new(tool("hadolint"))
+        .arg("--config")
+        .arg(root().join("deploy/.hadolint.yaml"))
+        .arg(root().join("deploy/Dockerfile"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let docker = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    let deps = std::fs::read_to_string(root().join("deploy/local/deps.sh")).unwrap();
+    // The same DuckDB library as the tests link, and the locked workspace build.
+    let duck = "@duckdb/node-bindings-linux-x64@1.5.6-r.1";
+    assert!(docker.contains(duck) && deps.contains(duck));
+    assert!(docker.contains("cargo build --release --locked --workspace --bins"));
+    assert!(docker.contains("USER 10001") && docker.contains("ENTRYPOINT [\"kaflowsql\"]"));
+    assert!(docker.contains("VOLUME [\"/var/lib/kaflowsql\"]"));
+}
+
+#[test]
+fn kubernetes_manifests_match_the_schemas() {
+    let files: Vec<PathBuf> = std::fs::read_dir(root().join("deploy/k8s"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() >= 4);
+    let out = Command::new(tool("kubernetes-validate"))
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("passed").count(), files.len(), "{text}");
+}
+
+#[test]
+fn the_configmap_and_statefulset_run_a_valid_pipeline_per_partition() {
+    let text = std::fs::read_to_string(root().join("deploy/k8s/configmap.yaml")).unwrap();
+    let cm: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let global = cm["data"]["kaflowsql.yaml"].as_str().unwrap();
+    GlobalConfig::parse(Path::new("configmap:kaflowsql.yaml"), global).unwrap();
+    let pipeline = cm["data"]["user_events.yaml"].as_str().unwrap();
+    Pipeline::parse(Path::new("configmap:user_events.yaml"), pipeline)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let text = std::fs::read_to_string(root().join("deploy/k8s/statefulset.yaml")).unwrap();
+    let sts: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let at = args.iter().position(|a| *a == "--partition").unwrap();
+    assert_eq!(args[at + 1], "auto", "the pod ordinal picks the partition");
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert!(!sts["spec"]["volumeClaimTemplates"]
+        .as_sequence()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn the_compose_stack_refers_to_files_that_exist() {
+    let dir = root().join("deploy/compose");
+    let text = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
+    let compose: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    for name in ["kafka", "kaflowsql", "fakegen", "prometheus", "grafana"] {
+        assert!(services.contains_key(name), "service {name} missing");
+    }
+    for (_, svc) in services {
+        for v in svc["volumes"].as_sequence().into_iter().flatten() {
+            let host = v.as_str().unwrap().split(':').next().unwrap();
+            if host.starts_with('.') {
+                assert!(dir.join(host).exists(), "{host} does not exist");
+            }
+        }
+    }
+    let global = std::fs::read_to_string(dir.join("kaflowsql.yaml")).unwrap();
+    GlobalConfig::parse(Path::new("compose/kaflowsql.yaml"), &global).unwrap();
+}
