@@ -20,6 +20,7 @@ use criterion::{criterion_group, Criterion, Throughput};
 use kaflowsql::codec::TopicSchema;
 use kaflowsql::config::Pipeline;
 use kaflowsql::engine::{Engine, Outputs, SourceRecord};
+use kaflowsql::telemetry::PipelineMetrics;
 
 /// The same allocator as the `kaflowsql` binary.
 #[global_allocator]
@@ -144,32 +145,42 @@ fn three_way_records() -> (Vec<Rec>, Vec<Rec>) {
     (dims, events)
 }
 
-fn feed(engine: &mut Engine, recs: &[Rec], out: &mut Outputs) {
-    for (i, r) in recs.iter().enumerate() {
-        engine
-            .push(
-                &SourceRecord {
-                    topic: r.topic,
-                    partition: 0,
-                    offset: i as i64,
-                    timestamp: r.ts,
-                    key: Some(&r.key),
-                    value: Some(&r.value),
-                },
-                out,
-            )
-            .unwrap();
-        if out.rows.len() > 65_536 {
-            out.clear_rows();
+/// Feeds records in micro-batches of the default size, as `kaflowsql run`
+/// does; with `metrics`, records them after every batch as the run loop does.
+fn feed(engine: &mut Engine, recs: &[Rec], out: &mut Outputs, metrics: Option<&PipelineMetrics>) {
+    for (c, chunk) in recs
+        .chunks(kaflowsql::engine::DEFAULT_BATCH_ROWS)
+        .enumerate()
+    {
+        let started = Instant::now();
+        let sql_before = engine.stats().sql_nanos;
+        for (i, r) in chunk.iter().enumerate() {
+            engine
+                .push(
+                    &SourceRecord {
+                        topic: r.topic,
+                        partition: 0,
+                        offset: (c * kaflowsql::engine::DEFAULT_BATCH_ROWS + i) as i64,
+                        timestamp: r.ts,
+                        key: Some(&r.key),
+                        value: Some(&r.value),
+                    },
+                    out,
+                )
+                .unwrap();
         }
+        engine.flush(out).unwrap();
+        if let Some(m) = metrics {
+            m.record_batch(engine, Some(started), chunk.len() as u64, sql_before);
+        }
+        out.clear_rows();
     }
-    engine.flush(out).unwrap();
 }
 
 fn loaded_engine(p: &Pipeline, dims: &[Rec]) -> Engine {
     let mut engine = Engine::new(p).unwrap();
     let mut out = Outputs::default();
-    feed(&mut engine, dims, &mut out);
+    feed(&mut engine, dims, &mut out, None);
     engine
 }
 
@@ -202,7 +213,22 @@ fn benches(c: &mut Criterion) {
     group.bench_function("simple_enrichment", |b| {
         b.iter_batched_ref(
             || (loaded_engine(&simple, &dims), Outputs::default()),
-            |(engine, out)| feed(engine, &events, out),
+            |(engine, out)| feed(engine, &events, out, None),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+
+    // The same with metrics recorded as `kaflowsql run` records them (sampled
+    // lookup timing, counters and histograms after every batch).
+    let metrics = PipelineMetrics::new("bench");
+    group.bench_function("simple_enrichment_with_metrics", |b| {
+        b.iter_batched_ref(
+            || {
+                let engine = loaded_engine(&simple, &dims)
+                    .with_lookup_timing(metrics.join_lookup_duration.clone());
+                (engine, Outputs::default())
+            },
+            |(engine, out)| feed(engine, &events, out, Some(&metrics)),
             criterion::BatchSize::LargeInput,
         )
     });
@@ -213,7 +239,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("three_way_join", |b| {
         b.iter_batched_ref(
             || (loaded_engine(&three, &cdims), Outputs::default()),
-            |(engine, out)| feed(engine, &cevents, out),
+            |(engine, out)| feed(engine, &cevents, out, None),
             criterion::BatchSize::LargeInput,
         )
     });

@@ -220,6 +220,8 @@ pub struct Engine {
     since_sweep: u32,
     probes: Vec<Probe>,
     scratch: Scratch,
+    lookup_timing: Option<Arc<crate::telemetry::Histogram>>,
+    enumerations: u64,
     ids: Vec<HeldId>,
     key_buf: Vec<u8>,
 }
@@ -348,9 +350,18 @@ impl Engine {
             since_sweep: 0,
             probes: Vec::new(),
             scratch: Scratch::default(),
+            lookup_timing: None,
+            enumerations: 0,
             ids: Vec::new(),
             key_buf: Vec::new(),
         })
+    }
+
+    /// Records state lookup latency into `histogram`, timing one enumeration in
+    /// 64 (the clock is not read per lookup on the hot path).
+    pub fn with_lookup_timing(mut self, histogram: Arc<crate::telemetry::Histogram>) -> Self {
+        self.lookup_timing = Some(histogram);
+        self
     }
 
     /// Sets the bound on rows per micro-batch (at least 1).
@@ -728,6 +739,9 @@ impl Engine {
         } else {
             None
         };
+        self.enumerations += 1;
+        let timed = self.lookup_timing.is_some() && self.enumerations % 64 == 0;
+        let (started, lookups_before) = (timed.then(Instant::now), self.stats.lookups.lookups);
         let n = joiner.enumerate(
             driving,
             pinned,
@@ -737,6 +751,12 @@ impl Engine {
             &mut self.stats.lookups,
             &mut self.scratch,
         );
+        if let (Some(t), Some(h)) = (started, &self.lookup_timing) {
+            let lookups = self.stats.lookups.lookups - lookups_before;
+            if lookups > 0 {
+                h.observe_n(t.elapsed().as_secs_f64() / lookups as f64, lookups);
+            }
+        }
         if let GroupKind::Smart(id) = kind {
             self.held.register(id, &self.probes);
         }

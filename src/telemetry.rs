@@ -95,10 +95,14 @@ pub struct PipelineMetrics {
     pub dimension_partitions_pending: AtomicU64,
     /// Dimensions read to their end and partitions assigned.
     pub ready: AtomicBool,
+    /// Consumer lag per event-stream partition (from librdkafka statistics).
+    pub consumer_lag: Arc<Mutex<std::collections::BTreeMap<(String, i32), i64>>>,
     /// Per-event time from arrival to the end of its micro-batch.
     pub processing_duration: Histogram,
     /// DuckDB time per micro-batch.
     pub sql_execution_duration: Histogram,
+    /// State lookup latency (sampled: one enumeration in 64).
+    pub join_lookup_duration: Arc<Histogram>,
     rate: Mutex<RateWindow>,
 }
 
@@ -141,6 +145,45 @@ impl PipelineMetrics {
             w.at = Instant::now();
         }
         w.rate
+    }
+
+    /// Copies the engine's counters after a micro-batch and records its
+    /// latency: `events` records whose batch started at `started`;
+    /// `sql_nanos_before` is the engine's DuckDB time before the batch.
+    pub fn record_batch(
+        &self,
+        engine: &crate::engine::Engine,
+        started: Option<Instant>,
+        events: u64,
+        sql_nanos_before: u64,
+    ) {
+        let s = engine.stats();
+        self.events_processed.store(s.records, Ordering::Relaxed);
+        self.join_lookups
+            .store(s.lookups.lookups, Ordering::Relaxed);
+        self.join_hits.store(s.lookups.hits, Ordering::Relaxed);
+        self.state_evictions.store(s.evictions, Ordering::Relaxed);
+        self.smart_timeouts_dropped
+            .store(s.timeouts_dropped, Ordering::Relaxed);
+        self.smart_timeouts_emitted
+            .store(s.timeouts_emitted, Ordering::Relaxed);
+        self.smart_held
+            .store(engine.held() as u64, Ordering::Relaxed);
+        let (mut entries, mut bytes) = (0, 0);
+        for (_, _, st) in engine.state_stats() {
+            entries += st.entries;
+            bytes += st.bytes;
+        }
+        self.state_entries.store(entries, Ordering::Relaxed);
+        self.state_bytes.store(bytes, Ordering::Relaxed);
+        if s.sql_nanos > sql_nanos_before {
+            self.sql_execution_duration
+                .observe((s.sql_nanos - sql_nanos_before) as f64 / 1e9);
+        }
+        if let (Some(t), true) = (started, events > 0) {
+            self.processing_duration
+                .observe_n(t.elapsed().as_secs_f64(), events);
+        }
     }
 
     fn render(&self, out: &mut String) {
@@ -239,6 +282,9 @@ impl PipelineMetrics {
         );
         self.processing_duration
             .render(out, "kaflowsql_processing_duration_histogram", &l);
+        let _ = writeln!(out, "# TYPE kaflowsql_join_lookup_duration histogram");
+        self.join_lookup_duration
+            .render(out, "kaflowsql_join_lookup_duration", &l);
         let _ = writeln!(out, "# TYPE kaflowsql_sql_execution_duration histogram");
         self.sql_execution_duration
             .render(out, "kaflowsql_sql_execution_duration", &l);
@@ -387,9 +433,18 @@ mod tests {
         m.join_hits.fetch_add(3, Ordering::Relaxed);
         m.processing_duration.observe_n(0.000_3, 2);
         m.processing_duration.observe(20.0);
+        if let Ok(mut lag) = m.consumer_lag.lock() {
+            lag.insert(("orders".to_string(), 3), 42);
+        }
         let r = Registry::default();
         r.add(m);
         let text = r.render();
+        assert!(
+            text.contains(
+                "kaflowsql_consumer_lag{pipeline=\"p1\",topic=\"orders\",partition=\"3\"} 42"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("kaflowsql_events_processed_total{pipeline=\"p1\"} 10"),
             "{text}"
@@ -402,6 +457,7 @@ mod tests {
             "kaflowsql_processing_duration_histogram_bucket{pipeline=\"p1\",le=\"+Inf\"} 3"
         ));
         assert!(text.contains("kaflowsql_memory_usage_bytes "));
+        assert!(text.contains("kaflowsql_join_lookup_duration_count{pipeline=\"p1\"} 0"));
         assert!(!r.ready());
     }
 }

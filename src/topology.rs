@@ -201,33 +201,8 @@ impl Runner<'_> {
     }
 
     fn publish(&self, started: Option<Instant>, events: u64, sql_before: u64) {
-        let s = self.engine.stats();
-        let m = &self.metrics;
-        m.events_processed.store(s.records, Ordering::Relaxed);
-        m.join_lookups.store(s.lookups.lookups, Ordering::Relaxed);
-        m.join_hits.store(s.lookups.hits, Ordering::Relaxed);
-        m.state_evictions.store(s.evictions, Ordering::Relaxed);
-        m.smart_timeouts_dropped
-            .store(s.timeouts_dropped, Ordering::Relaxed);
-        m.smart_timeouts_emitted
-            .store(s.timeouts_emitted, Ordering::Relaxed);
-        m.smart_held
-            .store(self.engine.held() as u64, Ordering::Relaxed);
-        let (mut entries, mut bytes) = (0, 0);
-        for (_, _, st) in self.engine.state_stats() {
-            entries += st.entries;
-            bytes += st.bytes;
-        }
-        m.state_entries.store(entries, Ordering::Relaxed);
-        m.state_bytes.store(bytes, Ordering::Relaxed);
-        if s.sql_nanos > sql_before {
-            m.sql_execution_duration
-                .observe((s.sql_nanos - sql_before) as f64 / 1e9);
-        }
-        if let (Some(t), true) = (started, events > 0) {
-            m.processing_duration
-                .observe_n(t.elapsed().as_secs_f64(), events);
-        }
+        self.metrics
+            .record_batch(&self.engine, started, events, sql_before);
     }
 }
 
@@ -271,10 +246,12 @@ pub fn run_pipeline(
         pipeline: name.clone(),
         source: Box::new(source),
     };
-    let engine = Engine::new(pipeline).map_err(|source| RunError::Engine {
-        pipeline: name.clone(),
-        source: Box::new(source),
-    })?;
+    let engine = Engine::new(pipeline)
+        .map_err(|source| RunError::Engine {
+            pipeline: name.clone(),
+            source: Box::new(source),
+        })?
+        .with_lookup_timing(metrics.join_lookup_duration.clone());
     let streams: Vec<String> = unique(
         pipeline
             .plan
@@ -362,6 +339,7 @@ pub fn run_pipeline(
             options.ownership,
             &consumer_props,
             &brokers,
+            metrics.consumer_lag.clone(),
         )
     })
     .map_err(kafka)?

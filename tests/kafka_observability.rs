@@ -168,5 +168,10 @@ fn metrics_readiness_and_cpu_profile() {
     );
     assert!(k.metric("kaflowsql_processing_duration_histogram_count") >= trades as f64);
     assert!(k.metric("kaflowsql_memory_usage_bytes") > 1e6);
+    assert!(
+        k.metric("kaflowsql_join_lookup_duration_count") > 0.0,
+        "lookup latency is sampled"
+    );
+
     assert!(k.terminate().success());
 }

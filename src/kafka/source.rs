@@ -28,13 +28,31 @@ pub enum Ownership {
 /// revoked partition is committed as far as is safe before it is let go.
 pub type SafeOffsets = Arc<Mutex<CommitOffsets>>;
 
-/// Logs rebalances and commits the safe offsets of revoked partitions.
+/// Consumer lag per (topic, partition), from librdkafka's statistics.
+pub type Lag = Arc<Mutex<BTreeMap<(String, i32), i64>>>;
+
+/// Logs rebalances, commits the safe offsets of revoked partitions, and
+/// keeps the consumer lag that librdkafka's statistics report.
 pub struct SourceContext {
     safe: SafeOffsets,
     pipeline: String,
+    lag: Lag,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Ok(mut lag) = self.lag.lock() else { return };
+        lag.clear();
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                // librdkafka reports -1 while it does not know, and partition -1 is its internal UA partition.
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    lag.insert((topic.clone(), partition), p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -145,6 +163,9 @@ pub struct EventSource {
     pub safe: SafeOffsets,
 }
 
+/// How often librdkafka reports statistics (consumer lag) by default.
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
 impl EventSource {
     /// Creates the consumer and joins the group or assigns the static partition.
     pub fn start(
@@ -154,9 +175,11 @@ impl EventSource {
         ownership: Ownership,
         properties: &BTreeMap<String, String>,
         brokers: &str,
+        lag: Lag,
     ) -> Result<Self, KafkaError> {
         let mut base = BTreeMap::new();
         for (k, v) in [
+            ("statistics.interval.ms", STATISTICS_INTERVAL_MS),
             ("group.id", group),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
@@ -170,6 +193,7 @@ impl EventSource {
             .create_with_context(SourceContext {
                 safe: safe.clone(),
                 pipeline: pipeline.to_string(),
+                lag,
             })
             .map_err(|e| KafkaError::client("cannot create the consumer", e))?;
         let counts = partition_counts(&consumer, topics, brokers)?;
