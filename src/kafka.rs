@@ -81,6 +81,30 @@ pub fn client_config<'a>(
     config
 }
 
+/// Appends the three source headers (topic, partition, offset) to `headers`.
+pub fn with_source_headers(
+    headers: rdkafka::message::OwnedHeaders,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::Header;
+    let (partition, offset) = (partition.to_string(), offset.to_string());
+    headers
+        .insert(Header {
+            key: headers::SOURCE_TOPIC,
+            value: Some(topic),
+        })
+        .insert(Header {
+            key: headers::SOURCE_PARTITION,
+            value: Some(&partition),
+        })
+        .insert(Header {
+            key: headers::SOURCE_OFFSET,
+            value: Some(&offset),
+        })
+}
+
 /// Header names kaflowsql writes.
 pub mod headers {
     /// Topic of the driving event (on outputs) or of the refused record (on dead letters).

@@ -276,6 +276,16 @@ impl PipelineMetrics {
         for (name, kind, value) in rows {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name}{{{l}}} {value}");
         }
+        let _ = writeln!(out, "# TYPE kaflowsql_consumer_lag gauge");
+        if let Ok(lag) = self.consumer_lag.lock() {
+            for ((topic, partition), v) in lag.iter() {
+                let _ = writeln!(
+                    out,
+                    "kaflowsql_consumer_lag{{{l},topic=\"{}\",partition=\"{partition}\"}} {v}",
+                    topic.replace('"', "'")
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# TYPE kaflowsql_processing_duration_histogram histogram"

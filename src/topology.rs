@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Message, OwnedHeaders};
 use tracing::{error, info, warn};
 
 use crate::config::{Emission, GlobalConfig, Pipeline};
@@ -20,7 +20,7 @@ use crate::engine::{Engine, EngineError, Outputs, SourceRecord};
 use crate::kafka::dlq::dead_letter_headers;
 use crate::kafka::sink::{CommitOffsets, Sink};
 use crate::kafka::source::{DimensionSource, EventSource, Ownership};
-use crate::kafka::{headers, KafkaError};
+use crate::kafka::{with_source_headers, KafkaError};
 use crate::offsets::committable;
 use crate::sql::Role;
 use crate::telemetry::PipelineMetrics;
@@ -155,22 +155,12 @@ impl Runner<'_> {
             .flush(&mut self.out)
             .map_err(|e| self.engine_err(e))?;
         for row in &self.out.rows {
-            let topic = self.engine.topic_name(row.driving.topic).to_string();
-            let partition = row.driving.partition.to_string();
-            let offset = row.driving.offset.to_string();
-            let h = OwnedHeaders::new_with_capacity(3)
-                .insert(Header {
-                    key: headers::SOURCE_TOPIC,
-                    value: Some(&topic),
-                })
-                .insert(Header {
-                    key: headers::SOURCE_PARTITION,
-                    value: Some(&partition),
-                })
-                .insert(Header {
-                    key: headers::SOURCE_OFFSET,
-                    value: Some(&offset),
-                });
+            let h = with_source_headers(
+                OwnedHeaders::new_with_capacity(3),
+                self.engine.topic_name(row.driving.topic),
+                row.driving.partition,
+                row.driving.offset,
+            );
             let sent = self.sink.send(
                 &self.pipeline.output.topic,
                 self.out.key(row),

@@ -112,5 +112,12 @@ fn the_pipeline_waits_out_a_broker_outage_and_loses_nothing() {
         1_000,
         "every trade enriched exactly once or more"
     );
+    // librdkafka reports consumer lag every 5 s per assigned partition; caught up, it is 0.
+    k.wait_until(Duration::from_secs(20), |k| {
+        k.get("/metrics").is_some_and(|(_, body)| {
+            body.lines()
+                .any(|l| l.starts_with("kaflowsql_consumer_lag{") && l.ends_with(" 0"))
+        })
+    });
     assert!(k.terminate().success());
 }

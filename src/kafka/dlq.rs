@@ -3,7 +3,7 @@
 
 use rdkafka::message::{Header, OwnedHeaders};
 
-use super::headers;
+use super::{headers, with_source_headers};
 use crate::engine::DeadLetter;
 
 /// The headers of a dead-letter record: the original ones, then kaflowsql's.
@@ -19,28 +19,15 @@ pub fn dead_letter_headers(
             value: Some(v),
         });
     }
-    let partition = dead.partition.to_string();
-    let offset = dead.offset.to_string();
-    h.insert(Header {
-        key: headers::SOURCE_TOPIC,
-        value: Some(&dead.topic),
-    })
-    .insert(Header {
-        key: headers::SOURCE_PARTITION,
-        value: Some(&partition),
-    })
-    .insert(Header {
-        key: headers::SOURCE_OFFSET,
-        value: Some(&offset),
-    })
-    .insert(Header {
-        key: headers::DLQ_REASON,
-        value: Some(&dead.reason),
-    })
-    .insert(Header {
-        key: headers::DLQ_PIPELINE,
-        value: Some(pipeline),
-    })
+    with_source_headers(h, &dead.topic, dead.partition, dead.offset)
+        .insert(Header {
+            key: headers::DLQ_REASON,
+            value: Some(&dead.reason),
+        })
+        .insert(Header {
+            key: headers::DLQ_PIPELINE,
+            value: Some(pipeline),
+        })
 }
 
 #[cfg(test)]

@@ -144,16 +144,21 @@ impl Sink {
         self.open_sent = 0;
     }
 
+    fn reports(
+        producer: &BaseProducer<SinkContext>,
+    ) -> Result<std::sync::MutexGuard<'_, Reports>, KafkaError> {
+        producer
+            .context()
+            .reports
+            .lock()
+            .map_err(|_| KafkaError::Delivery {
+                topic: String::new(),
+                reason: "delivery report lock poisoned (this is a bug)".into(),
+            })
+    }
+
     fn check_failure(&self) -> Result<(), KafkaError> {
-        let mut reports =
-            self.producer
-                .context()
-                .reports
-                .lock()
-                .map_err(|_| KafkaError::Delivery {
-                    topic: String::new(),
-                    reason: "delivery report lock poisoned (this is a bug)".into(),
-                })?;
+        let mut reports = Self::reports(&self.producer)?;
         match reports.failure.take() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -166,15 +171,7 @@ impl Sink {
         self.producer.poll(timeout);
         self.check_failure()?;
         {
-            let mut reports =
-                self.producer
-                    .context()
-                    .reports
-                    .lock()
-                    .map_err(|_| KafkaError::Delivery {
-                        topic: String::new(),
-                        reason: "delivery report lock poisoned (this is a bug)".into(),
-                    })?;
+            let mut reports = Self::reports(&self.producer)?;
             for epoch in self.sealed.iter_mut() {
                 if let Some(n) = reports.acked.remove(&epoch.id) {
                     epoch.acked += n;

@@ -40,14 +40,30 @@ pub struct SourceContext {
 }
 
 impl ClientContext for SourceContext {
-    fn stats(&self, statistics: rdkafka::Statistics) {
+    /// Reads consumer lag from librdkafka's statistics JSON directly (only the
+    /// fields needed, so brokers that leave others out do not break it).
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
         let Ok(mut lag) = self.lag.lock() else { return };
         lag.clear();
-        for (topic, t) in &statistics.topics {
-            for (&partition, p) in &t.partitions {
-                // librdkafka reports -1 while it does not know, and partition -1 is its internal UA partition.
-                if partition >= 0 && p.consumer_lag >= 0 {
-                    lag.insert((topic.clone(), partition), p.consumer_lag);
+        let Some(topics) = json.get("topics").and_then(|t| t.as_object()) else {
+            return;
+        };
+        for (topic, t) in topics {
+            let Some(partitions) = t.get("partitions").and_then(|p| p.as_object()) else {
+                continue;
+            };
+            for (partition, p) in partitions {
+                let partition: i32 = partition.parse().unwrap_or(-1);
+                let value = p
+                    .get("consumer_lag")
+                    .and_then(serde_json::Value::as_i64)
+                    .unwrap_or(-1);
+                // -1: unknown; partition -1 is librdkafka's internal UA partition.
+                if partition >= 0 && value >= 0 {
+                    lag.insert((topic.clone(), partition), value);
                 }
             }
         }
