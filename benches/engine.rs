@@ -294,7 +294,30 @@ fn latency_report(name: &str, p: &Pipeline, dims: &[Rec], events: &[Rec], batch:
 
 criterion_group!(engine_benches, benches);
 
+/// One pass without criterion, for instruction counting under callgrind:
+/// `KAFLOWSQL_BENCH_ONCE=setup|plain|metrics` (the difference of the counts
+/// is the cost of the feed, and of recording metrics on top of it).
+fn once(mode: &str) {
+    let (dims, events) = simple_records();
+    let simple = simple_pipeline();
+    let metrics = PipelineMetrics::new("bench");
+    let mut engine = loaded_engine(&simple, &dims);
+    let mut out = Outputs::default();
+    match mode {
+        "plain" => feed(&mut engine, &events, &mut out, None),
+        "metrics" => {
+            let mut engine = engine.with_lookup_timing(metrics.join_lookup_duration.clone());
+            feed(&mut engine, &events, &mut out, Some(&metrics));
+        }
+        _ => {}
+    }
+}
+
 fn main() {
+    if let Ok(mode) = std::env::var("KAFLOWSQL_BENCH_ONCE") {
+        once(&mode);
+        return;
+    }
     engine_benches();
     Criterion::default().configure_from_args().final_summary();
     for batch in [256, kaflowsql::engine::DEFAULT_BATCH_ROWS] {
