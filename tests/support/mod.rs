@@ -304,10 +304,6 @@ pub struct Kaflowsql {
     pub log: PathBuf,
 }
 
-pub fn write_config(dir: &Path, port: u16) -> PathBuf {
-    write_config_for(&brokers(), dir, port)
-}
-
 /// A global config pointing at `brokers`, listening on `port`.
 pub fn write_config_for(brokers: &str, dir: &Path, port: u16) -> PathBuf {
     let path = dir.join(format!("kaflowsql-{port}.yaml"));
@@ -328,6 +324,23 @@ impl Kaflowsql {
 
     /// [`Kaflowsql::start`] against the given brokers.
     pub fn start_on(brokers: &str, dir: &Path, pipelines: &[&Path], extra: &[&str]) -> Self {
+        let k = Self::launch(brokers, dir, pipelines, extra);
+        k.wait_until(Duration::from_secs(60), |k| {
+            k.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
+        });
+        k
+    }
+
+    /// Starts without waiting for readiness (the HTTP server answers at once).
+    pub fn spawn(dir: &Path, pipelines: &[&Path]) -> Self {
+        let k = Self::launch(&brokers(), dir, pipelines, &[]);
+        k.wait_until(Duration::from_secs(30), |k| k.get("/healthz").is_some());
+        k
+    }
+
+    /// `kaflowsql run` with a fresh config (free HTTP port) and a log file in `dir`.
+    /// Event time does not follow the wall clock (tests replay recorded input slowly).
+    fn launch(brokers: &str, dir: &Path, pipelines: &[&Path], extra: &[&str]) -> Self {
         let port = free_port();
         let config = write_config_for(brokers, dir, port);
         let log = dir.join(format!("kaflowsql-{port}.log"));
@@ -343,32 +356,7 @@ impl Kaflowsql {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let k = Self { child, port, log };
-        k.wait_until(Duration::from_secs(60), |k| {
-            k.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
-        });
-        k
-    }
-
-    /// Starts without waiting for readiness (the HTTP server answers at once).
-    pub fn spawn(dir: &Path, pipelines: &[&Path]) -> Self {
-        let port = free_port();
-        let config = write_config(dir, port);
-        let log = dir.join(format!("kaflowsql-{port}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaflowsql"));
-        cmd.arg("run").arg("--config").arg(&config);
-        for p in pipelines {
-            cmd.arg(p);
-        }
-        let child = cmd
-            .env("RUST_LOG", "info,rdkafka=warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let k = Self { child, port, log };
-        k.wait_until(Duration::from_secs(30), |k| k.get("/healthz").is_some());
-        k
+        Self { child, port, log }
     }
 
     /// GET a path; (status, raw body bytes).
