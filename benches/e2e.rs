@@ -1,35 +1,17 @@
-//! End-to-end benchmark through the local broker (Tansu, started by
-//! `deploy/local/broker.sh`): the IoT enrichment pipeline (`pipelines/iot.yaml`,
-//! sensor readings joined with device metadata) against a passthrough
-//! baseline measured in the same run (a minimal rdkafka consumer → producer
-//! copying the driving topic, no parsing).
+//! End-to-end benchmark through the local broker: the IoT enrichment against
+//! a passthrough copy measured in the same run (see `support/e2e_harness.rs`).
 //!
-//! Two modes, each bounded in count and time:
-//! - max throughput: N readings preloaded, then drained; events/s from the
-//!   first to the last output arrival, peak RSS of the kaflowsql process;
-//! - fixed rate: readings produced at R/s for S seconds; per-event latency
-//!   from production to the output's arrival at a consumer (p50/p95/p99).
-//!
-//! Run: `deploy/local/broker.sh start && cargo bench --bench e2e`
-//! (`E2E_EVENTS`, `E2E_RATE`, `E2E_SECONDS` change the sizes). Broker,
-//! generator, pipeline and reader share this machine's cores.
+//! Run: `deploy/local/broker.sh restart && cargo bench --bench e2e [-- --compare previous.json]`
+//! (`E2E_EVENTS`, `E2E_RATE`, `E2E_SECONDS` change the sizes). Writes
+//! `<target>/bench/e2e.json` and `e2e.md`; exits non-zero when outputs are
+//! missing or, with `--compare`, when throughput or p99 regressed by more than 10%.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+#[path = "support/e2e_harness.rs"]
+mod harness;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-
-const BROKERS: &str = "127.0.0.1:9092";
-const DEVICES: u64 = 10_000;
+use std::path::PathBuf;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -38,412 +20,47 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn create(topics: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic<'_>> = topics
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let compare = args
         .iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(admin.create_topics(&new, &AdminOptions::new()))
-        .unwrap();
-}
-
-fn producer() -> BaseProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .set("linger.ms", "5")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()
-        .unwrap()
-}
-
-fn send(p: &BaseProducer, topic: &str, key: &str, value: &str, ts: i64) {
-    let mut r = BaseRecord::<str, str>::to(topic)
-        .key(key)
-        .payload(value)
-        .timestamp(ts);
-    loop {
-        match p.send(r) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                p.poll(Duration::from_millis(1));
-                r = back;
-            }
-        }
-    }
-}
-
-fn reading(i: u64) -> (String, String) {
-    let d = (i * 7919) % DEVICES;
-    (
-        format!("d{d}"),
-        format!(
-            r#"{{"device_id":"d{d}","temperature":{}.5,"humidity":{}}}"#,
-            i % 90,
-            i % 100
-        ),
-    )
-}
-
-fn preload(prefix: &str, events: u64) {
-    let p = producer();
-    for d in 0..DEVICES * 3 / 4 {
-        let v = format!(
-            r#"{{"device_id":"d{d}","location":"site-{}","model":"TX-{}","max_temp":{}}}"#,
-            d % 20,
-            d % 9,
-            40 + d % 50
-        );
-        send(
-            &p,
-            &format!("{prefix}device_metadata"),
-            &format!("d{d}"),
-            &v,
-            now_ms(),
-        );
-    }
-    for i in 0..events {
-        let (k, v) = reading(i);
-        send(&p, &format!("{prefix}sensor_readings"), &k, &v, now_ms());
-    }
-    p.flush(Duration::from_secs(120)).unwrap();
-}
-
-/// Arrival instants of `count` records on `topic` (waits at most `timeout`),
-/// with the source offset header when present.
-fn arrivals(topic: &str, count: u64, timeout: Duration) -> Vec<(Instant, Option<i64>)> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", BROKERS)
-        .set("group.id", format!("e2e-reader-{topic}"))
-        .set("fetch.wait.max.ms", "5")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    c.assign(&tpl).unwrap();
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::with_capacity(count as usize);
-    while (out.len() as u64) < count && Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            let offset = m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "kaflowsql.source.offset")
-                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-            });
-            out.push((Instant::now(), offset));
-        }
-    }
-    out
-}
-
-/// The passthrough baseline: copies `from` to `to` without parsing.
-fn passthrough(
-    from: &str,
-    to: &str,
-    count: u64,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    let (from, to) = (from.to_string(), to.to_string());
-    std::thread::spawn(move || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", BROKERS)
-            .set("group.id", format!("e2e-passthrough-{from}"))
-            .set("fetch.wait.max.ms", "5")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&from, 0, Offset::Beginning)
-            .unwrap();
-        c.assign(&tpl).unwrap();
-        let p: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", BROKERS)
-            .set("linger.ms", "1")
-            .set("enable.idempotence", "true")
-            .create()
-            .unwrap();
-        let mut n = 0;
-        while n < count && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
-                let offset = m.offset().to_string();
-                let headers =
-                    rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
-                        key: "kaflowsql.source.offset",
-                        value: Some(&offset),
-                    });
-                let mut r = BaseRecord::<[u8], [u8]>::to(&to)
-                    .payload(m.payload().unwrap_or_default())
-                    .headers(headers);
-                if let Some(k) = m.key() {
-                    r = r.key(k);
-                }
-                loop {
-                    match p.send(r) {
-                        Ok(()) => break,
-                        Err((_, back)) => {
-                            p.poll(Duration::from_millis(1));
-                            r = back;
-                        }
-                    }
-                }
-                p.poll(Duration::ZERO);
-                n += 1;
-            }
-        }
-        p.flush(Duration::from_secs(60)).unwrap();
-    })
-}
-
-fn start_kaflowsql(dir: &Path, prefix: &str, port: u16) -> Child {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/iot.yaml"))
-            .unwrap();
-    let text = text
-        .replace(
-            "name: enriched_sensor_readings",
-            &format!("name: {prefix}iot"),
-        )
-        .replace(
-            "topic: enriched_sensor_readings",
-            &format!("topic: {prefix}enriched"),
-        )
-        .replace("sensor_readings", &format!("{prefix}sensor_readings"))
-        .replace("device_metadata", &format!("{prefix}device_metadata"));
-    let pipeline = dir.join("iot.yaml");
-    std::fs::write(&pipeline, text).unwrap();
-    let config = dir.join("kaflowsql.yaml");
+        .position(|a| a == "--compare")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let settings = harness::Settings {
+        events: env_or("E2E_EVENTS", 200_000),
+        rate: env_or("E2E_RATE", 10_000),
+        seconds: env_or("E2E_SECONDS", 5),
+    };
+    let report = harness::run(
+        settings,
+        std::path::Path::new(env!("CARGO_BIN_EXE_kaflowsql")),
+    );
+    let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
+        .join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = report.to_json();
     std::fs::write(
-        &config,
-        format!("kafka:\n  brokers: {BROKERS}\n  consumer:\n    fetchMaxWait: 5\n    maxPollRecords: 4096\n  producer:\n    lingerMs: 1\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\n"),
+        dir.join("e2e.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
     )
     .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_kaflowsql"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg(&pipeline)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn rate(arr: &[(Instant, Option<i64>)]) -> f64 {
-    match (arr.first(), arr.last()) {
-        (Some(a), Some(b)) if b.0 > a.0 => (arr.len() - 1) as f64 / (b.0 - a.0).as_secs_f64(),
-        _ => 0.0,
-    }
-}
-
-fn stop_child(mut child: Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let _ = child.wait();
-}
-
-fn main() {
-    let events = env_or("E2E_EVENTS", 200_000);
-    let fixed_rate = env_or("E2E_RATE", 10_000);
-    let seconds = env_or("E2E_SECONDS", 5);
-    let run = format!("e2e{}_", std::process::id());
-    let dir = tempfile::tempdir().unwrap();
-    println!("e2e: iot enrichment, {events} preloaded readings, {} devices (75% known); 2 cores shared by broker, generator, pipeline and reader", DEVICES);
-
-    // Max throughput: passthrough baseline.
-    let base = format!("{run}base_");
-    create(&[
-        &format!("{base}sensor_readings"),
-        &format!("{base}device_metadata"),
-        &format!("{base}copy"),
-    ]);
-    preload(&base, events);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let copier = passthrough(
-        &format!("{base}sensor_readings"),
-        &format!("{base}copy"),
-        events,
-        stop.clone(),
-    );
-    let arr = arrivals(&format!("{base}copy"), events, Duration::from_secs(300));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    copier.join().unwrap();
-    let base_rate = rate(&arr);
+    std::fs::write(dir.join("e2e.md"), report.to_markdown()).unwrap();
     println!(
-        "max throughput: passthrough baseline: {} records, {:.0} events/s",
-        arr.len(),
-        base_rate
+        "\n{}\nreports: {}/e2e.json, e2e.md",
+        report.to_markdown(),
+        dir.display()
     );
-
-    // Max throughput: kaflowsql.
-    let kf = format!("{run}kf_");
-    create(&[
-        &format!("{kf}sensor_readings"),
-        &format!("{kf}device_metadata"),
-        &format!("{kf}enriched"),
-    ]);
-    preload(&kf, events);
-    let expected = (0..events)
-        .filter(|&i| ((i * 7919) % DEVICES) < DEVICES * 3 / 4)
-        .count() as u64;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = start_kaflowsql(dir.path(), &kf, port);
-    let pid = child.id();
-    let arr = arrivals(&format!("{kf}enriched"), expected, Duration::from_secs(300));
-    let rss = peak_rss_mb(pid);
-    stop_child(child);
-    // Outputs are 75% of the readings (unknown devices are dropped by the INNER JOIN):
-    // the input rate is the output rate scaled by readings per output.
-    let kf_rate = rate(&arr) * events as f64 / expected.max(1) as f64;
-    println!(
-        "max throughput: kaflowsql: {} of {expected} expected outputs, {:.0} input events/s ({:.2} of the baseline), peak RSS {rss:.0} MB{}",
-        arr.len(),
-        kf_rate,
-        kf_rate / base_rate.max(1.0),
-        if arr.len() as u64 == expected { "" } else { "  FAILED: outputs missing" }
-    );
-
-    // Fixed rate: latency from production to arrival, baseline then kaflowsql.
-    let fb = format!("{run}frbase_");
-    create(&[
-        &format!("{fb}sensor_readings"),
-        &format!("{fb}device_metadata"),
-        &format!("{fb}copy"),
-    ]);
-    let total = fixed_rate * seconds;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let copier = passthrough(
-        &format!("{fb}sensor_readings"),
-        &format!("{fb}copy"),
-        total,
-        stop.clone(),
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let lat = fixed_rate_run(
-        &format!("{fb}sensor_readings"),
-        &format!("{fb}copy"),
-        total,
-        total,
-        fixed_rate,
-        seconds,
-    );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    copier.join().unwrap();
-    report("passthrough baseline", &lat, total, fixed_rate, seconds);
-
-    let fr = format!("{run}fr_");
-    create(&[
-        &format!("{fr}sensor_readings"),
-        &format!("{fr}device_metadata"),
-        &format!("{fr}enriched"),
-    ]);
-    preload(&fr, 0);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = start_kaflowsql(dir.path(), &fr, port);
-    std::thread::sleep(Duration::from_secs(5)); // group join on Tansu
-    let expected = (0..total)
-        .filter(|&i| ((i * 7919) % DEVICES) < DEVICES * 3 / 4)
-        .count() as u64;
-    let lat = fixed_rate_run(
-        &format!("{fr}sensor_readings"),
-        &format!("{fr}enriched"),
-        total,
-        expected,
-        fixed_rate,
-        seconds,
-    );
-    stop_child(child);
-    report("kaflowsql", &lat, expected, fixed_rate, seconds);
-}
-
-/// Produces `total` readings at `rate`/s to `input`; returns per-output latency
-/// in ms from production to arrival on `output` (matched by source offset).
-fn fixed_rate_run(
-    input: &str,
-    output: &str,
-    total: u64,
-    expected: u64,
-    rate: u64,
-    seconds: u64,
-) -> Vec<f64> {
-    let topic = output.to_string();
-    let reader =
-        std::thread::spawn(move || arrivals(&topic, expected, Duration::from_secs(seconds + 60)));
-    let p = producer();
-    let start = Instant::now();
-    let mut produced_at: HashMap<i64, Instant> = HashMap::with_capacity(total as usize);
-    for i in 0..total {
-        // Sleep (never spin: two cores are shared) until the event is due; events
-        // due within the same half millisecond go out together.
-        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-        let now = Instant::now();
-        if due > now + Duration::from_micros(500) {
-            p.poll(Duration::ZERO);
-            std::thread::sleep(due - now);
+    let mut failed = !report.complete();
+    if let Some(previous) = compare {
+        let before: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&previous).unwrap()).unwrap();
+        for r in harness::regressions(&json, &before) {
+            println!("REGRESSION against {previous}: {r}");
+            failed = true;
         }
-        let (k, v) = reading(i);
-        send(&p, input, &k, &v, now_ms());
-        p.poll(Duration::ZERO);
-        produced_at.insert(i as i64, Instant::now());
     }
-    p.flush(Duration::from_secs(60)).unwrap();
-    let arr = reader.join().unwrap();
-    let mut lat: Vec<f64> = arr
-        .iter()
-        .filter_map(|(t, off)| Some((*t - *produced_at.get(&(*off)?)?).as_secs_f64() * 1e3))
-        .collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    lat
-}
-
-fn report(name: &str, lat: &[f64], expected: u64, rate: u64, seconds: u64) {
-    let q = |f: f64| {
-        lat.get(((lat.len().max(1) - 1) as f64 * f) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    println!(
-        "fixed rate {rate}/s for {seconds}s: {name}: {} of {expected} outputs; latency production → arrival p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
-        lat.len(),
-        q(0.5),
-        q(0.95),
-        q(0.99)
-    );
+    if failed {
+        std::process::exit(1);
+    }
 }
