@@ -16,6 +16,7 @@ fn the_e2e_harness_runs_end_to_end_on_tiny_counts() {
         events: 3_000,
         rate: 500,
         seconds: 2,
+        peer: false,
     };
     let report = harness::run(
         settings,

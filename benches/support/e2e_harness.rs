@@ -39,6 +39,8 @@ pub struct Settings {
     pub rate: u64,
     /// Seconds of the fixed-rate mode.
     pub seconds: u64,
+    /// Also run the Quix Streams peer (needs quixstreams in .deps/venv).
+    pub peer: bool,
 }
 
 /// What one harness run measured.
@@ -51,6 +53,8 @@ pub struct Report {
     pub outputs: u64,
     pub expected_outputs: u64,
     pub peak_rss_mb: f64,
+    /// The Quix Streams peer, max throughput (None when not run).
+    pub peer_events_per_s: Option<f64>,
     pub rate: u64,
     pub seconds: u64,
     pub baseline_latency_ms: [f64; 3],
@@ -77,6 +81,8 @@ impl Report {
                 "outputs": self.outputs,
                 "expected_outputs": self.expected_outputs,
                 "peak_rss_mb": self.peak_rss_mb,
+                "peer_quixstreams_events_per_s": self.peer_events_per_s,
+                "ratio_to_peer": self.peer_events_per_s.map(|p| self.kaflowsql_events_per_s / p.max(1.0)),
             },
             "fixed_rate": {
                 "rate": self.rate,
@@ -99,7 +105,13 @@ impl Report {
              | iot | fixed {}/s for {} s, p50/p95/p99 | {:.2} / {:.2} / {:.2} ms | {:.2} / {:.2} / {:.2} ms | |\n",
             self.events, self.baseline_events_per_s, self.kaflowsql_events_per_s, self.outputs, self.expected_outputs,
             self.peak_rss_mb, self.ratio_to_baseline, self.rate, self.seconds, b[0], b[1], b[2], k[0], k[1], k[2]
-        )
+        ) + &match self.peer_events_per_s {
+            Some(p) => format!(
+                "| iot | max throughput, peer (Quix Streams) | | {p:.0} events/s | kaflowsql / peer = {:.1} |\n",
+                self.kaflowsql_events_per_s / p.max(1.0)
+            ),
+            None => String::new(),
+        }
     }
 }
 
@@ -448,6 +460,52 @@ pub fn run(settings: Settings, kaflowsql: &Path) -> Report {
         kf_rate / base_rate.max(1.0),
         if arr.len() as u64 == expected { "" } else { "  FAILED: outputs missing" }
     );
+
+    // Max throughput: the Quix Streams peer, same data.
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/venv/bin/python");
+    if settings.peer && python.exists() {
+        let pq = format!("{run}peer_");
+        create(&[
+            &format!("{pq}sensor_readings"),
+            &format!("{pq}device_metadata"),
+            &format!("{pq}enriched"),
+        ]);
+        preload(&pq, events);
+        let expected = (0..events)
+            .filter(|&i| ((i * 7919) % DEVICES) < DEVICES * 3 / 4)
+            .count() as u64;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/support/quix_peer.py");
+        let state = dir.path().join("quix-state");
+        let child = Command::new(&python)
+            .arg(&script)
+            .args([BROKERS, &pq, &format!("{pq}group")])
+            .arg(&state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let arr = arrivals(&format!("{pq}enriched"), expected, Duration::from_secs(300));
+        stop_child(child);
+        if arr.len() as u64 == expected {
+            let peer_rate = rate(&arr) * events as f64 / expected.max(1) as f64;
+            println!(
+                "max throughput: peer (Quix Streams): {expected} of {expected} outputs, {peer_rate:.0} input events/s; kaflowsql / peer = {:.1}",
+                kf_rate / peer_rate.max(1.0)
+            );
+            report.peer_events_per_s = Some(peer_rate);
+        } else {
+            // A run that lost rows is a failed run, not a slow one: no figure.
+            println!(
+                "max throughput: peer (Quix Streams) FAILED: {} of {expected} expected outputs within 300 s",
+                arr.len()
+            );
+        }
+    } else if settings.peer {
+        println!(
+            "peer skipped: {} not found (run deploy/local/deps.sh)",
+            python.display()
+        );
+    }
 
     // Fixed rate: latency from production to arrival, baseline then kaflowsql.
     let fb = format!("{run}frbase_");
