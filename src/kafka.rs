@@ -68,6 +68,14 @@ impl KafkaError {
     }
 }
 
+/// Properties from literal pairs (kaflowsql's defaults for one kind of client).
+pub fn properties(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A librdkafka config from properties (later keys win).
 pub fn client_config<'a>(
     layers: impl IntoIterator<Item = &'a BTreeMap<String, String>>,

@@ -242,22 +242,17 @@ pub fn run_pipeline(
             source: Box::new(source),
         })?
         .with_lookup_timing(metrics.join_lookup_duration.clone());
-    let streams: Vec<String> = unique(
-        pipeline
-            .plan
-            .sources
-            .iter()
-            .filter(|s| s.role == Role::Stream)
-            .map(|s| s.topic.clone()),
-    );
-    let dims: Vec<String> = unique(
-        pipeline
-            .plan
-            .sources
-            .iter()
-            .filter(|s| s.role == Role::Dimension)
-            .map(|s| s.topic.clone()),
-    );
+    let topics_of = |role: Role| {
+        unique(
+            pipeline
+                .plan
+                .sources
+                .iter()
+                .filter(|s| s.role == role)
+                .map(|s| s.topic.clone()),
+        )
+    };
+    let (streams, dims) = (topics_of(Role::Stream), topics_of(Role::Dimension));
     let consumer_props = global.consumer_properties();
     let brokers = global.kafka.brokers.clone();
     let max_poll = global

@@ -73,15 +73,12 @@ pub struct Sink {
 impl Sink {
     /// An idempotent producer (`acks=all`) with the given properties on top.
     pub fn new(properties: &BTreeMap<String, String>) -> Result<Self, KafkaError> {
-        let mut base = BTreeMap::new();
-        for (k, v) in [
+        let base = super::properties(&[
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("linger.ms", "1"),
             ("queue.buffering.max.messages", "200000"),
-        ] {
-            base.insert(k.to_string(), v.to_string());
-        }
+        ]);
         let producer = client_config([&base, properties])
             .create_with_context(SinkContext::default())
             .map_err(|e| KafkaError::client("cannot create the producer", e))?;

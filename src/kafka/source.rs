@@ -193,17 +193,14 @@ impl EventSource {
         brokers: &str,
         lag: Lag,
     ) -> Result<Self, KafkaError> {
-        let mut base = BTreeMap::new();
-        for (k, v) in [
+        let base = super::properties(&[
             ("statistics.interval.ms", STATISTICS_INTERVAL_MS),
             ("group.id", group),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
             ("partition.assignment.strategy", "cooperative-sticky"),
-        ] {
-            base.insert(k.to_string(), v.to_string());
-        }
+        ]);
         let safe: SafeOffsets = Arc::new(Mutex::new(CommitOffsets::new()));
         let consumer: BaseConsumer<SourceContext> = client_config([&base, properties])
             .create_with_context(SourceContext {
@@ -299,15 +296,12 @@ impl DimensionSource {
         brokers: &str,
         idle_after: Duration,
     ) -> Result<Self, KafkaError> {
-        let mut base = BTreeMap::new();
-        for (k, v) in [
+        let base = super::properties(&[
             ("group.id", "kaflowsql-dimensions"),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
-        ] {
-            base.insert(k.to_string(), v.to_string());
-        }
+        ]);
         let consumer: BaseConsumer = client_config([&base, properties])
             .create()
             .map_err(|e| KafkaError::client("cannot create the dimension consumer", e))?;
