@@ -27,10 +27,15 @@ use crate::codec::{
 use crate::config::{Emission, OnTimeout, Pipeline};
 use crate::emit::{Held, HeldId};
 use crate::eval::{EvalError, Evaluator};
-use crate::join::{key_of, Joiner, LookupStats, Mode, Probe, Scratch, SourceState, Table};
+use crate::join::{key_of, Joiner, LookupStats, Miss, Mode, Probe, Scratch, SourceState, Table};
 use crate::offsets::OffsetPins;
 use crate::sql::{ColumnRef, DuckSql, JoinKind, QueryPlan, Role};
 use crate::state::{DimensionTable, ShardStats, StreamTable};
+use crate::store::{PipelineStore, StoreError};
+
+mod durable;
+
+pub use durable::RestoreReport;
 
 /// Default bound on rows per micro-batch.
 pub const DEFAULT_BATCH_ROWS: usize = 4096;
@@ -173,6 +178,9 @@ pub enum EngineError {
     /// A record from a topic the pipeline does not read: the caller's bug.
     #[error("topic `{0}` is not read by this pipeline")]
     UnknownTopic(String),
+    /// Durable state failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,6 +232,18 @@ pub struct Engine {
     enumerations: u64,
     ids: Vec<HeldId>,
     key_buf: Vec<u8>,
+    /// Durable state, if attached.
+    store: Option<PipelineStore>,
+    /// Bound on hot state bytes (with a store).
+    budget: Option<u64>,
+    /// Held events released since the last checkpoint.
+    released: Vec<crate::state::Origin>,
+    /// Lookups of keys that left memory, found by the last enumeration.
+    misses: Vec<Miss>,
+    /// A state read failed where no error could be returned at once.
+    store_error: Option<StoreError>,
+    /// Records pushed since state was last written.
+    since_write: u32,
 }
 
 fn add_column(columns: &mut Vec<String>, name: &str) -> usize {
@@ -354,6 +374,12 @@ impl Engine {
             enumerations: 0,
             ids: Vec::new(),
             key_buf: Vec::new(),
+            store: None,
+            budget: None,
+            released: Vec::new(),
+            misses: Vec::new(),
+            store_error: None,
+            since_write: 0,
         })
     }
 
@@ -498,10 +524,13 @@ impl Engine {
         if self.since_sweep >= SWEEP_EVERY {
             self.sweep();
         }
+        if let Some(e) = self.store_error.take() {
+            return Err(e.into());
+        }
         if self.rows.len() >= self.max_batch_rows * self.plan.sources.len() {
             self.flush(out)?;
         }
-        Ok(())
+        self.maybe_write_state()
     }
 
     /// Moves the watermark forward without a record (an idle source's wall clock).
@@ -520,9 +549,10 @@ impl Engine {
 
     /// Evaluates every pending row and decides what is emitted.
     pub fn flush(&mut self, out: &mut Outputs) -> Result<(), EngineError> {
+        self.sweep();
         if self.groups.is_empty() {
             self.rows.clear();
-            return Ok(());
+            return self.write_state();
         }
         let groups = std::mem::take(&mut self.groups);
         let rows = std::mem::take(&mut self.rows);
@@ -539,16 +569,15 @@ impl Engine {
         self.rows = rows;
         self.rows.clear();
         self.stats.batches += 1;
-        Ok(())
+        self.write_state()
     }
 
     fn tombstone(&mut self, t: u16, key: Option<&[u8]>) -> Option<String> {
         let mut refused = None;
+        let mut deleted: Vec<(usize, Vec<u8>)> = Vec::new();
         for &s in &self.topics[t as usize].sources {
             match (&mut self.sources[s].table, key) {
-                (Table::Dimension(table), Some(k)) => {
-                    table.delete(k);
-                }
+                (Table::Dimension(_), Some(k)) => deleted.push((s, k.to_vec())),
                 (Table::Dimension(_), None) => {
                     refused =
                         Some("tombstone (null value) without a key: nothing to delete".to_string())
@@ -557,6 +586,17 @@ impl Engine {
                     "null value (tombstone) on an event stream: event streams carry JSON objects"
                         .to_string(),
                 ),
+            }
+        }
+        for (s, primary) in deleted {
+            if let Err(e) = self.make_primary_resident(s, &primary) {
+                self.store_error.get_or_insert(e);
+            }
+            if let Table::Dimension(table) = &mut self.sources[s].table {
+                let old = table.delete(&primary);
+                if old.is_some() {
+                    self.persist_dimension(s, &primary, None, old);
+                }
             }
         }
         refused
@@ -614,7 +654,7 @@ impl Engine {
         let pins = &mut self.pins;
         for s in &mut self.sources {
             self.stats.evictions += match &mut s.table {
-                Table::Stream(t) => t.expire(wm, |e| pins.unpin(e.topic, e.partition, e.offset)),
+                Table::Stream(t) => t.expire(wm, |(topic, p, o)| pins.unpin(topic, p, o)),
                 Table::Dimension(t) => t.expire(wm),
                 Table::Unstored => 0,
             };
@@ -623,11 +663,9 @@ impl Engine {
 
     /// A driving event arrives.
     fn drive(&mut self, event: &Arc<Event>) {
-        let source = &mut self.sources[0];
-        if let Table::Stream(table) = &mut source.table {
-            if let Some(hash) = key_of(event, &source.index, &mut self.key_buf) {
-                table.insert(hash, &self.key_buf, event.clone());
-                self.pins.pin(event.topic, event.partition, event.offset);
+        if let Table::Stream(_) = &self.sources[0].table {
+            if let Some(hash) = key_of(event, &self.sources[0].index, &mut self.key_buf) {
+                self.insert_stream(0, hash, event);
             }
         }
         let origin = Origin::of(event);
@@ -640,6 +678,7 @@ impl Engine {
                     .held
                     .hold(event.clone(), event.timestamp.saturating_add(timeout_ms));
                 self.pins.pin(event.topic, event.partition, event.offset);
+                self.persist_held(event);
                 self.enumerate_group(
                     GroupKind::Smart(id),
                     event,
@@ -657,15 +696,14 @@ impl Engine {
         let Some(hash) = key_of(event, &self.sources[s].index, &mut self.key_buf) else {
             return;
         };
-        match &mut self.sources[s].table {
-            Table::Dimension(table) => {
-                let primary = event.key.as_deref().unwrap_or(&self.key_buf).to_vec();
-                table.upsert(&primary, hash, &self.key_buf, event.clone());
+        match &self.sources[s].table {
+            Table::Dimension(_) => {
+                let key = std::mem::take(&mut self.key_buf);
+                let primary = event.key.as_deref().unwrap_or(&key).to_vec();
+                self.upsert_dimension(s, &primary, hash, &key, event);
+                self.key_buf = key;
             }
-            Table::Stream(table) => {
-                table.insert(hash, &self.key_buf, event.clone());
-                self.pins.pin(event.topic, event.partition, event.offset);
-            }
+            Table::Stream(_) => self.insert_stream(s, hash, event),
             Table::Unstored => {}
         }
         match self.emission {
@@ -679,6 +717,7 @@ impl Engine {
                     return;
                 }
                 // Every combination whose last member is this event.
+                self.fault_in(0, hash);
                 let drivers: Vec<Arc<Event>> = match &self.sources[0].table {
                     Table::Stream(t) => t
                         .lookup(hash, &self.key_buf, self.watermark)
@@ -717,6 +756,51 @@ impl Engine {
         }
     }
 
+    /// Adds an event-stream record to source `s` (memory and disk).
+    fn insert_stream(&mut self, s: usize, hash: u64, event: &Arc<Event>) {
+        let key = std::mem::take(&mut self.key_buf);
+        if let Err(e) = self.make_resident(s, hash, &key) {
+            self.store_error.get_or_insert(e);
+        }
+        if let Table::Stream(table) = &mut self.sources[s].table {
+            table.insert(hash, &key, event.clone());
+            self.pins.pin(event.topic, event.partition, event.offset);
+        }
+        self.persist_stream(s, hash, &key, event);
+        self.key_buf = key;
+    }
+
+    /// Sets a dimension record (memory and disk).
+    fn upsert_dimension(
+        &mut self,
+        s: usize,
+        primary: &[u8],
+        hash: u64,
+        key: &[u8],
+        event: &Arc<Event>,
+    ) {
+        let faulted = self
+            .make_primary_resident(s, primary)
+            .and_then(|()| self.make_resident(s, hash, key));
+        if let Err(e) = faulted {
+            self.store_error.get_or_insert(e);
+        }
+        let old = match &mut self.sources[s].table {
+            Table::Dimension(table) => table.upsert(primary, hash, key, event.clone()),
+            _ => return,
+        };
+        self.persist_dimension(s, primary, Some((hash, key, event)), old);
+    }
+
+    /// Brings the current key (`key_buf`) of source `s` into memory.
+    fn fault_in(&mut self, s: usize, hash: u64) {
+        let key = std::mem::take(&mut self.key_buf);
+        if let Err(e) = self.make_resident(s, hash, &key) {
+            self.store_error.get_or_insert(e);
+        }
+        self.key_buf = key;
+    }
+
     fn enumerate_group(
         &mut self,
         kind: GroupKind,
@@ -742,7 +826,9 @@ impl Engine {
         self.enumerations += 1;
         let timed = self.lookup_timing.is_some() && self.enumerations % 64 == 0;
         let (started, lookups_before) = (timed.then(Instant::now), self.stats.lookups.lookups);
-        let n = joiner.enumerate(
+        let (rows_before, stats_before) = (self.rows.len(), self.stats.lookups);
+        self.misses.clear();
+        let mut n = joiner.enumerate(
             driving,
             pinned,
             mode,
@@ -750,7 +836,42 @@ impl Engine {
             probes,
             &mut self.stats.lookups,
             &mut self.scratch,
+            &mut self.misses,
         );
+        // Keys that left memory: bring them back and enumerate again (a
+        // chain of joins may reveal one more key per round).
+        let mut rounds = 0;
+        while !self.misses.is_empty() && self.store.is_some() && rounds <= self.plan.joins.len() {
+            rounds += 1;
+            for (s, hash, key) in std::mem::take(&mut self.misses) {
+                if let Err(e) = self.make_resident(s, hash, &key) {
+                    self.store_error.get_or_insert(e);
+                }
+            }
+            self.rows.truncate(rows_before);
+            self.stats.lookups = stats_before;
+            self.probes.clear();
+            let joiner = Joiner {
+                plan: &self.plan,
+                sources: &self.sources,
+                watermark: self.watermark,
+            };
+            let probes = if register {
+                Some(&mut self.probes)
+            } else {
+                None
+            };
+            n = joiner.enumerate(
+                driving,
+                pinned,
+                mode,
+                &mut self.rows,
+                probes,
+                &mut self.stats.lookups,
+                &mut self.scratch,
+                &mut self.misses,
+            );
+        }
         if let (Some(t), Some(h)) = (started, &self.lookup_timing) {
             let lookups = self.stats.lookups.lookups - lookups_before;
             if lookups > 0 {
@@ -867,6 +988,7 @@ impl Engine {
             Some(h) => {
                 self.pins
                     .unpin(h.event.topic, h.event.partition, h.event.offset);
+                self.persist_release(&h.event);
                 true
             }
             None => false,

@@ -48,7 +48,20 @@ impl SourceState {
             Table::Dimension(t) => (t.events(hash, key), t.ttl_ms()),
         }
     }
+
+    /// Whether memory knows every record of `key` (false only for a key
+    /// that left memory for disk).
+    fn resident(&self, hash: u64, key: &[u8]) -> bool {
+        match &self.table {
+            Table::Unstored => true,
+            Table::Stream(t) => t.resident(hash, key),
+            Table::Dimension(t) => t.resident(hash, key),
+        }
+    }
 }
+
+/// A (source, key hash, key) whose records are on disk, not in memory.
+pub type Miss = (usize, u64, Vec<u8>);
 
 /// How rows are built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +114,7 @@ struct Walk<'w> {
     out: &'w mut Vec<Option<Arc<Event>>>,
     probes: Option<&'w mut Vec<Probe>>,
     stats: &'w mut LookupStats,
+    misses: &'w mut Vec<Miss>,
     key: Vec<u8>,
     pinned_key: Vec<u8>,
     rows: usize,
@@ -109,7 +123,9 @@ struct Walk<'w> {
 impl Joiner<'_> {
     /// Appends to `out` every row for `driving` (stride = number of sources).
     /// With `pinned = Some((s, e))`, source `s` is `e` and nothing else.
-    /// Every probe made is pushed to `probes` when given. Returns the row count.
+    /// Every probe made is pushed to `probes` when given; keys whose records
+    /// left memory are pushed to `misses` (the rows then miss them: the
+    /// caller loads them and enumerates again). Returns the row count.
     #[allow(clippy::too_many_arguments)]
     pub fn enumerate(
         &self,
@@ -120,6 +136,7 @@ impl Joiner<'_> {
         probes: Option<&mut Vec<Probe>>,
         stats: &mut LookupStats,
         scratch: &mut Scratch,
+        misses: &mut Vec<Miss>,
     ) -> usize {
         let mut row = std::mem::take(&mut scratch.row);
         row.clear();
@@ -131,6 +148,7 @@ impl Joiner<'_> {
             out,
             probes,
             stats,
+            misses,
             key: std::mem::take(&mut scratch.key),
             pinned_key: std::mem::take(&mut scratch.pinned_key),
             rows: 0,
@@ -185,6 +203,9 @@ impl Joiner<'_> {
                     }
                 }
                 _ => {
+                    if !source.resident(hash, &key) {
+                        walk.misses.push((s, hash, key.to_vec()));
+                    }
                     let (events, ttl) = source.candidates(hash, &key);
                     for e in events
                         .iter()

@@ -17,6 +17,7 @@ pub mod kafka;
 pub mod offsets;
 pub mod sql;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod testing;
 pub mod topology;

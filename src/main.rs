@@ -1,4 +1,4 @@
-//! The `kaflowsql` command: `run`, `validate`, `explain`, `test`.
+//! The `kaflowsql` command: `run`, `validate`, `explain`, `test`, `peek`, `state`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +12,7 @@ use kaflowsql::sql::{DuckSql, Role};
 use kaflowsql::testing;
 
 mod run;
+mod state_cmd;
 
 /// mimalloc: the engine allocates small objects (events, strings) at a high
 /// rate; mimalloc measured faster than glibc malloc here (docs/performance.md).
@@ -47,6 +48,14 @@ enum Command {
         /// Pipeline files.
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
+    },
+    /// Inspect, compact or reset the state directory (of a stopped instance).
+    State {
+        /// Global config file (state.rocksdb.path).
+        #[arg(long, env = "KAFLOWSQL_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: state_cmd::StateCommand,
     },
     /// Print the first records of a topic as {"key":...,"value":...} lines.
     Peek {
@@ -112,6 +121,7 @@ fn main() -> ExitCode {
             &pipelines,
         ),
         Command::Validate { files } => validate(&files),
+        Command::State { config, command } => state_cmd::state(config.as_deref(), &command),
         Command::Peek {
             brokers,
             topic,

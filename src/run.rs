@@ -12,6 +12,7 @@ use tracing::{error, info};
 
 use kaflowsql::config::{GlobalConfig, Pipeline};
 use kaflowsql::kafka::source::Ownership;
+use kaflowsql::store::StateDb;
 use kaflowsql::telemetry::{self, PipelineMetrics, Registry};
 use kaflowsql::topology::{run_pipeline, RunOptions};
 
@@ -39,7 +40,8 @@ fn init_logs(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -76,7 +78,17 @@ pub fn run(
         return Ok(ExitCode::from(2));
     }
     let ownership = ownership(partition)?;
+    // State is opened before anything starts: a locked, foreign or outdated
+    // directory stops the process here with what to do.
+    let state = match StateDb::open(&global.state) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let registry = Arc::new(Registry::default());
+    registry.set_state(state.clone());
     let listener = TcpListener::bind(&global.http.listen).with_context(|| {
         format!(
             "cannot listen on {} for /metrics; set http.listen or KAFLOWSQL_HTTP_LISTEN to a free address",
@@ -88,6 +100,7 @@ pub fn run(
         brokers = %global.kafka.brokers,
         pipelines = pipelines.len(),
         ownership = ?ownership,
+        state = %state.path().display(),
         "kaflowsql starting; metrics on http://{}/metrics",
         global.http.listen
     );
@@ -104,6 +117,10 @@ pub fn run(
     }
     let mut options = RunOptions {
         ownership,
+        memory_budget: state
+            .memory_budget()
+            .map(|b| b / pipelines.len().max(1) as u64),
+        state: Some(state.clone()),
         ..RunOptions::default()
     };
     // Tests replay recorded input slowly; they set event time not to follow the wall clock.

@@ -8,9 +8,10 @@
 mod dimension;
 mod stream;
 
-pub use dimension::DimensionTable;
-pub use stream::StreamTable;
+pub use dimension::{primary_of, DimensionTable, Location};
+pub use stream::{Origin, StreamTable};
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -37,6 +38,13 @@ pub struct ShardStats {
 }
 
 impl ShardStats {
+    /// Memory these entries cost, with [`ENTRY_OVERHEAD`] each.
+    pub fn memory(&self) -> u64 {
+        self.bytes + self.entries * ENTRY_OVERHEAD
+    }
+}
+
+impl ShardStats {
     fn add(&mut self, event: &Event) {
         self.entries += 1;
         self.bytes += event.size_bytes() as u64;
@@ -55,12 +63,19 @@ impl ShardStats {
     }
 }
 
+/// Memory a held event costs beyond [`Event::size_bytes`]: its slot in a
+/// bucket, the `Arc` header and its share of the bucket and hash table
+/// (measured by `cargo bench --bench state`; see docs/performance.md).
+pub const ENTRY_OVERHEAD: u64 = 64;
+
 /// The events of one key in one shard.
 #[derive(Debug)]
 struct Bucket {
     hash: u64,
     key: Box<[u8]>,
     events: Vec<Arc<Event>>,
+    /// Looked up or changed since the eviction hand last passed (CLOCK).
+    referenced: Cell<bool>,
 }
 
 /// One shard: buckets by key, and counters.
@@ -70,10 +85,63 @@ struct Shard {
     stats: ShardStats,
 }
 
+/// Which buckets may leave memory when a table is over its budget: the
+/// second-chance (CLOCK) rule, one shard at a time.
+#[derive(Debug, Default)]
+struct Spill {
+    /// Some bucket left memory: a key absent from memory may be on disk.
+    spilled: bool,
+    /// The shard the eviction hand is at.
+    hand: usize,
+}
+
+impl Spill {
+    /// Evicts unreferenced buckets, shard by shard from the hand, until
+    /// `resident_bytes` of the table is at most `target`. `on_evict` sees each
+    /// bucket's key and events before they go. Returns the bytes freed.
+    fn evict(
+        &mut self,
+        shards: &mut [Shard],
+        resident_bytes: u64,
+        target: u64,
+        mut on_evict: impl FnMut(&[u8], &[Arc<Event>]),
+    ) -> u64 {
+        let mut freed = 0u64;
+        // Two passes: the first may only clear reference bits.
+        for _ in 0..2 * shards.len() {
+            if resident_bytes.saturating_sub(freed) <= target {
+                break;
+            }
+            let count = shards.len();
+            let shard = &mut shards[self.hand];
+            self.hand = (self.hand + 1) % count;
+            let stats = &mut shard.stats;
+            shard.buckets.retain(|b| {
+                if b.referenced.replace(false) {
+                    return true;
+                }
+                on_evict(&b.key, &b.events);
+                for e in &b.events {
+                    freed += e.size_bytes() as u64 + ENTRY_OVERHEAD;
+                    stats.remove(e);
+                }
+                self.spilled = true;
+                false
+            });
+        }
+        freed
+    }
+}
+
 impl Shard {
     fn bucket(&self, hash: u64, key: &[u8]) -> Option<&Bucket> {
-        self.buckets
-            .find(hash, |b| b.hash == hash && *b.key == *key)
+        let b = self
+            .buckets
+            .find(hash, |b| b.hash == hash && *b.key == *key);
+        if let Some(b) = b {
+            b.referenced.set(true);
+        }
+        b
     }
 
     fn bucket_mut(&mut self, hash: u64, key: &[u8]) -> &mut Bucket {
@@ -81,7 +149,11 @@ impl Shard {
             .buckets
             .find_entry(hash, |b| b.hash == hash && *b.key == *key)
         {
-            Ok(entry) => entry.into_mut(),
+            Ok(entry) => {
+                let b = entry.into_mut();
+                b.referenced.set(true);
+                b
+            }
             Err(absent) => absent
                 .into_table()
                 .insert_unique(
@@ -90,6 +162,7 @@ impl Shard {
                         hash,
                         key: key.into(),
                         events: Vec::with_capacity(1),
+                        referenced: Cell::new(true),
                     },
                     |b| b.hash,
                 )
@@ -97,7 +170,12 @@ impl Shard {
         }
     }
 
-    fn remove_if_empty(&mut self, hash: u64, key: &[u8]) {
+    /// Drops the bucket of `key` if it holds nothing, unless `keep`: a table
+    /// that spilled keeps empty buckets, which say "nothing on disk either".
+    fn remove_if_empty(&mut self, hash: u64, key: &[u8], keep: bool) {
+        if keep {
+            return;
+        }
         if let Ok(entry) = self
             .buckets
             .find_entry(hash, |b| b.hash == hash && *b.key == *key)
@@ -106,6 +184,12 @@ impl Shard {
                 entry.remove();
             }
         }
+    }
+
+    fn resident(&self, hash: u64, key: &[u8]) -> bool {
+        self.buckets
+            .find(hash, |b| b.hash == hash && *b.key == *key)
+            .is_some()
     }
 }
 

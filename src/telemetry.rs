@@ -305,9 +305,15 @@ impl PipelineMetrics {
 #[derive(Debug, Default)]
 pub struct Registry {
     pipelines: Mutex<Vec<Arc<PipelineMetrics>>>,
+    state: std::sync::OnceLock<Arc<crate::store::StateDb>>,
 }
 
 impl Registry {
+    /// Reports the block cache of `state` as `kaflowsql_rocksdb_cache_usage`.
+    pub fn set_state(&self, state: Arc<crate::store::StateDb>) {
+        let _ = self.state.set(state);
+    }
+
     /// Adds a pipeline.
     pub fn add(&self, metrics: Arc<PipelineMetrics>) {
         if let Ok(mut p) = self.pipelines.lock() {
@@ -328,6 +334,13 @@ impl Registry {
             "# TYPE kaflowsql_memory_usage_bytes gauge\nkaflowsql_memory_usage_bytes {}",
             resident_bytes()
         );
+        if let Some(state) = self.state.get() {
+            let _ = writeln!(
+                out,
+                "# HELP kaflowsql_rocksdb_cache_usage Bytes in RocksDB's block cache.\n# TYPE kaflowsql_rocksdb_cache_usage gauge\nkaflowsql_rocksdb_cache_usage {}",
+                state.cache_usage()
+            );
+        }
         out
     }
 

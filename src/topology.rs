@@ -6,7 +6,7 @@
 //! to `maxPollRecords`, each batch is evaluated once, its outputs are produced
 //! in one epoch, and a full producer queue blocks the loop (backpressure).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +18,12 @@ use tracing::{error, info, warn};
 use crate::config::{Emission, GlobalConfig, Pipeline};
 use crate::engine::{Engine, EngineError, Outputs, SourceRecord};
 use crate::kafka::dlq::dead_letter_headers;
-use crate::kafka::sink::{CommitOffsets, Sink};
+use crate::kafka::sink::{CommitOffsets, Delivered, Sink};
 use crate::kafka::source::{DimensionSource, EventSource, Ownership};
 use crate::kafka::{with_source_headers, KafkaError};
 use crate::offsets::committable;
 use crate::sql::Role;
+use crate::store::{Checkpoint, StateDb};
 use crate::telemetry::PipelineMetrics;
 
 /// Why a pipeline stopped with an error.
@@ -59,6 +60,10 @@ pub struct RunOptions {
     pub dimension_idle: Duration,
     /// After this long without event-stream records, event time advances with the wall clock.
     pub idle_watermark_after: Duration,
+    /// Durable state (None: state in memory only, rebuilt from Kafka on restart).
+    pub state: Option<Arc<StateDb>>,
+    /// Bound on each pipeline's hot state in bytes.
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for RunOptions {
@@ -69,6 +74,8 @@ impl Default for RunOptions {
             commit_interval: Duration::from_millis(200),
             dimension_idle: Duration::from_secs(2),
             idle_watermark_after: Duration::from_secs(1),
+            state: None,
+            memory_budget: None,
         }
     }
 }
@@ -80,6 +87,14 @@ struct Runner<'a> {
     metrics: Arc<PipelineMetrics>,
     /// Next offset to read per event-stream partition, for records already evaluated.
     next: HashMap<(u16, i32), i64>,
+    /// Next offset to read per dimension partition.
+    dimension_next: HashMap<(u16, i32), i64>,
+    /// Records before these offsets are already in the restored state.
+    resume: HashMap<(u16, i32), i64>,
+    /// Checkpoints of sealed epochs, oldest first, written once delivered.
+    checkpoints: VecDeque<(usize, Checkpoint)>,
+    /// Delivered epochs' checkpoints, merged, waiting for the next commit.
+    ready: Option<Checkpoint>,
     out: Outputs,
 }
 
@@ -104,6 +119,19 @@ impl Runner<'_> {
         m: &rdkafka::message::BorrowedMessage<'_>,
         track: bool,
     ) -> Result<(), RunError> {
+        let Some(t) = self.engine.topic_index(m.topic()) else {
+            return Ok(());
+        };
+        let at = (t, m.partition());
+        if track {
+            self.next.insert(at, m.offset() + 1);
+        } else {
+            self.dimension_next.insert(at, m.offset() + 1);
+        }
+        if self.resume.get(&at).is_some_and(|&r| m.offset() < r) {
+            // Already reflected by restored state, its outputs delivered.
+            return Ok(());
+        }
         let before = self.out.dead_letters.len();
         let record = SourceRecord {
             topic: m.topic(),
@@ -138,11 +166,6 @@ impl Runner<'_> {
                     )
                     .map_err(|e| self.kafka(e))?;
                 self.metrics.dlq_records.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if track {
-            if let Some(t) = self.engine.topic_index(m.topic()) {
-                self.next.insert((t, m.partition()), m.offset() + 1);
             }
         }
         Ok(())
@@ -185,8 +208,46 @@ impl Runner<'_> {
                 committable(next, self.engine.oldest_pinned(t, p)),
             );
         }
-        self.sink.seal(offsets);
+        let epoch = self.sink.seal(offsets);
+        if self.engine.is_durable() {
+            let resume = self
+                .next
+                .iter()
+                .chain(&self.dimension_next)
+                .map(|(&(t, p), &o)| ((self.engine.topic_name(t).to_string(), p), o))
+                .collect();
+            let checkpoint = self.engine.checkpoint(resume);
+            self.checkpoints.push_back((epoch, checkpoint));
+        }
         self.publish(started, events, sql_before);
+        Ok(())
+    }
+
+    /// Notes that every epoch up to `done` is delivered: their checkpoints
+    /// merge into the next one to write.
+    fn delivered(&mut self, done: &Delivered) {
+        while self
+            .checkpoints
+            .front()
+            .is_some_and(|(id, _)| *id <= done.epoch)
+        {
+            if let Some((_, c)) = self.checkpoints.pop_front() {
+                match self.ready.as_mut() {
+                    Some(m) => m.absorb(c),
+                    None => self.ready = Some(c),
+                }
+            }
+        }
+    }
+
+    /// Makes the delivered epochs' state durable (one batch, WAL synced);
+    /// their offsets may be committed to Kafka after this returns.
+    fn write_checkpoint(&mut self) -> Result<(), RunError> {
+        if let Some(c) = self.ready.take() {
+            self.engine
+                .commit_checkpoint(&c)
+                .map_err(|e| self.engine_err(e))?;
+        }
         Ok(())
     }
 
@@ -236,12 +297,43 @@ pub fn run_pipeline(
         pipeline: name.clone(),
         source: Box::new(source),
     };
-    let engine = Engine::new(pipeline)
-        .map_err(|source| RunError::Engine {
-            pipeline: name.clone(),
-            source: Box::new(source),
-        })?
+    let engine_err = |source: EngineError| RunError::Engine {
+        pipeline: name.clone(),
+        source: Box::new(source),
+    };
+    let mut engine = Engine::new(pipeline)
+        .map_err(engine_err)?
         .with_lookup_timing(metrics.join_lookup_duration.clone());
+    let mut resume_by_name: HashMap<(String, i32), i64> = HashMap::new();
+    if let Some(db) = &options.state {
+        let started = Instant::now();
+        let store = db
+            .pipeline(
+                &pipeline.name,
+                &engine.fingerprint(pipeline),
+                &engine.stored_sources(),
+            )
+            .map_err(|e| engine_err(e.into()))?;
+        let (restored, report) = engine
+            .attach_store(store, options.memory_budget)
+            .map_err(engine_err)?;
+        info!(
+            pipeline = %pipeline.name,
+            path = %db.path().display(),
+            loaded = report.loaded,
+            on_disk = report.on_disk,
+            replayed = report.replayed,
+            held = report.held,
+            partitions = restored.offsets.len(),
+            elapsed = ?started.elapsed(),
+            "State restored."
+        );
+        resume_by_name = restored.offsets;
+    }
+    let resume: HashMap<(u16, i32), i64> = resume_by_name
+        .iter()
+        .filter_map(|((topic, p), &o)| engine.topic_index(topic).map(|t| ((t, *p), o)))
+        .collect();
     let topics_of = |role: Role| {
         unique(
             pipeline
@@ -276,6 +368,10 @@ pub fn run_pipeline(
         sink,
         metrics: metrics.clone(),
         next: HashMap::new(),
+        dimension_next: HashMap::new(),
+        resume,
+        checkpoints: VecDeque::new(),
+        ready: None,
         out: Outputs::default(),
     };
 
@@ -284,7 +380,13 @@ pub fn run_pipeline(
         None
     } else {
         match connect("read the dimension topics", &shutdown, || {
-            DimensionSource::start(&dims, &consumer_props, &brokers, options.dimension_idle)
+            DimensionSource::start(
+                &dims,
+                &consumer_props,
+                &brokers,
+                options.dimension_idle,
+                &resume_by_name,
+            )
         })
         .map_err(kafka)?
         {
@@ -325,6 +427,7 @@ pub fn run_pipeline(
             &consumer_props,
             &brokers,
             metrics.consumer_lag.clone(),
+            &resume_by_name,
         )
     })
     .map_err(kafka)?
@@ -344,6 +447,8 @@ pub fn run_pipeline(
 
     let smart = matches!(pipeline.emission, Emission::Smart { .. });
     let mut last_commit = Instant::now();
+    // Delivered offsets not yet committed (the next commit takes them all).
+    let mut uncommitted = CommitOffsets::new();
     let mut last_event = Instant::now();
     let mut watermark_at_last_event = i64::MIN;
     let result = loop {
@@ -410,22 +515,31 @@ pub fn run_pipeline(
             }
         }
         match runner.sink.poll(Duration::ZERO) {
-            Ok(Some(offsets)) if last_commit.elapsed() >= options.commit_interval => {
-                if let Err(error) = source.commit(&offsets, CommitMode::Async) {
-                    warn!(%error, "Commit failed; it is retried with the next one.");
-                }
-                last_commit = Instant::now();
-            }
-            Ok(Some(offsets)) => {
+            Ok(Some(done)) => {
+                runner.delivered(&done);
+                // A revoke commits these (see SourceContext); the partitions'
+                // next owner rebuilds whatever a checkpoint did not cover.
                 if let Ok(mut safe) = source.safe.lock() {
-                    safe.extend(offsets);
+                    safe.extend(done.offsets.iter().map(|(k, v)| (k.clone(), *v)));
                 }
+                uncommitted.extend(done.offsets);
             }
             Ok(None) => {}
             Err(e) => {
                 metrics.producer_errors.fetch_add(1, Ordering::Relaxed);
                 break Err(runner.kafka(e));
             }
+        }
+        // Every commit interval: state checkpoint first, then Kafka.
+        if !uncommitted.is_empty() && last_commit.elapsed() >= options.commit_interval {
+            if let Err(e) = runner.write_checkpoint() {
+                break Err(e);
+            }
+            let offsets = std::mem::take(&mut uncommitted);
+            if let Err(error) = source.commit(&offsets, CommitMode::Async) {
+                warn!(%error, "Commit failed; it is retried with the next one.");
+            }
+            last_commit = Instant::now();
         }
     };
 
@@ -450,10 +564,23 @@ pub fn run_pipeline(
             None
         }
     };
+    let mut result = result;
+    if let Some(done) = &newest {
+        runner.delivered(done);
+    }
+    let newest = match newest.map(|done| runner.write_checkpoint().map(|()| done)) {
+        Some(Ok(done)) => Some(done),
+        Some(Err(e)) => {
+            error!(error = %e, "Writing the last state checkpoint failed; its offsets are not committed.");
+            result = result.and(Err(e));
+            None
+        }
+        None => None,
+    };
     let safe: CommitOffsets = {
         let mut all = source.safe.lock().map(|s| s.clone()).unwrap_or_default();
-        if let Some(o) = newest {
-            all.extend(o);
+        if let Some(done) = newest {
+            all.extend(done.offsets);
         }
         all
     };

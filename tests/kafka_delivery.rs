@@ -195,8 +195,8 @@ fn kill_9_mid_run_loses_no_output() {
 #[test]
 fn a_group_member_leaving_mid_run_loses_no_output() {
     let s = setup(10_000, 4);
-    let a = Kaflowsql::start(s.dir(), &[&s.local], &[]);
-    let b = Kaflowsql::start(s.dir(), &[&s.local], &[]);
+    let a = Kaflowsql::start_named(s.dir(), "state-a", &[&s.local], &[]);
+    let b = Kaflowsql::start_named(s.dir(), "state-b", &[&s.local], &[]);
     s.produce(0..s.records.len() / 2);
     b.wait_until(Duration::from_secs(60), |_| {
         a.metric("kaflowsql_events_processed_total") + b.metric("kaflowsql_events_processed_total")
@@ -214,9 +214,9 @@ fn a_group_member_leaving_mid_run_loses_no_output() {
 
 #[test]
 fn sigterm_commits_everything_delivered_so_a_restart_repeats_nothing() {
-    // A dimension enrichment keeps no event in state, so every delivered
-    // record is committed at SIGTERM (a stream-stream join would keep its
-    // records' offsets until they expire, and re-read them after a restart).
+    // SIGTERM drains, writes the last state checkpoint and commits every
+    // delivered record; the restart resumes the dimensions from the
+    // checkpoint instead of reading them from the beginning.
     require_broker();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
@@ -276,8 +276,11 @@ fn sigterm_commits_everything_delivered_so_a_restart_repeats_nothing() {
     let reread = second.metric("kaflowsql_events_processed_total");
     let repeated = second.metric("kaflowsql_output_records_total");
     assert!(second.terminate().success());
-    println!("restart after SIGTERM: {reread} records read (the 3 dimension records), {repeated} outputs repeated");
-    assert_eq!(reread, 3.0, "only the dimensions are read again");
+    println!("restart after SIGTERM: {reread} records read again, {repeated} outputs repeated");
+    assert_eq!(
+        reread, 0.0,
+        "nothing is read again: events resume from the commit, dimensions from the state checkpoint"
+    );
     assert_eq!(repeated, 0.0);
     let out = read_topic(
         &renames["enriched_trades"],

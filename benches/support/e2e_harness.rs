@@ -343,7 +343,7 @@ fn start_kaflowsql(bin: &Path, dir: &Path, prefix: &str, port: u16) -> Child {
     let config = dir.join("kaflowsql.yaml");
     std::fs::write(
         &config,
-        format!("kafka:\n  brokers: {BROKERS}\n  consumer:\n    fetchMaxWait: 5\n    maxPollRecords: 4096\n  producer:\n    lingerMs: 1\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\n"),
+        format!("kafka:\n  brokers: {BROKERS}\n  consumer:\n    fetchMaxWait: 5\n    maxPollRecords: 4096\n  producer:\n    lingerMs: 1\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\nstate:\n  rocksdb:\n    path: {state}\n", state = dir.join("state").display()),
     )
     .unwrap();
     Command::new(bin)

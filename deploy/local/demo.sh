@@ -12,13 +12,17 @@ rate=${DEMO_RATE:-2000}
 
 deploy/local/deps.sh
 echo "demo: building kaflowsql and fakegen (the first build takes several minutes)"
-cargo build --locked --workspace --bins
-bin="$CARGO_TARGET_DIR/debug"
+cargo build --release --locked --workspace --bins
+bin="$CARGO_TARGET_DIR/release"
 deploy/local/broker.sh start
 
 "$bin/fakegen" --brokers 127.0.0.1:9092 --scenario user-events --create-topics --count 0 --keys 1000 --hit-rate 0.95
 "$bin/kaflowsql" validate pipelines/user_events.yaml
 
+# The broker starts empty (Tansu keeps topics in memory), so state from an
+# earlier demo would point at offsets that no longer exist: start afresh.
+export KAFLOWSQL_STATE_ROCKSDB_PATH="$root/.deps/demo-state"
+rm -rf "$KAFLOWSQL_STATE_ROCKSDB_PATH"
 "$bin/kaflowsql" run --config deploy/local/kaflowsql.yaml pipelines/user_events.yaml &
 kpid=$!
 cleanup() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need on a fresh Debian machine:
-#   - apt: cmake and the libcurl headers (bundled librdkafka), clang (bindgen)
+#   - apt: cmake and the libcurl headers (bundled librdkafka), libclang (bindgen
+#     for the bundled RocksDB)
 #   - DuckDB 1.5.6 as a prebuilt libduckdb.so (from the npm package
 #     @duckdb/node-bindings-linux-x64) into .deps/duckdb-1.5.6; building DuckDB
 #     from source takes 33 minutes on two cores
@@ -15,6 +16,8 @@ need_apt=()
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 [ -f /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -f /usr/include/curl/curl.h ] || need_apt+=(libcurl4-openssl-dev)
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
+# bindgen (librocksdb-sys) loads libclang at build time.
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -169,6 +169,15 @@ impl TopicSchema {
         })
     }
 
+    /// Checks the values of an event read back from state against the column
+    /// types, learning types as [`TopicSchema::decode`] does.
+    pub fn observe(&mut self, values: &mut [Value]) -> Result<(), DecodeError> {
+        if values.len() != self.columns.len() {
+            return Err(DecodeError::NotObject);
+        }
+        self.check_types(values)
+    }
+
     /// Checks every value against its column type, inferring and widening.
     /// Types change only when the whole record is accepted.
     fn check_types(&mut self, values: &mut [Value]) -> Result<(), DecodeError> {

@@ -17,6 +17,15 @@ use super::{client_config, KafkaError};
 /// Source offsets to commit: (topic, partition) -> next offset to read.
 pub type CommitOffsets = BTreeMap<(String, i32), i64>;
 
+/// The newest epoch whose records, and every earlier epoch's, are delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    /// Its id, as [`Sink::seal`] returned it.
+    pub epoch: usize,
+    /// Offsets committable now.
+    pub offsets: CommitOffsets,
+}
+
 /// Delivery reports, filled by librdkafka's callback during `poll`.
 #[derive(Default)]
 pub struct SinkContext {
@@ -129,16 +138,19 @@ impl Sink {
         Ok(())
     }
 
-    /// Closes the open epoch: `offsets` become committable once it is delivered.
-    pub fn seal(&mut self, offsets: CommitOffsets) {
+    /// Closes the open epoch: `offsets` become committable once it is
+    /// delivered. Returns the epoch's id (see [`Delivered`]).
+    pub fn seal(&mut self, offsets: CommitOffsets) -> usize {
+        let id = self.open_id;
         self.sealed.push_back(Epoch {
-            id: self.open_id,
+            id,
             sent: self.open_sent,
             acked: 0,
             offsets,
         });
         self.open_id = self.open_id.wrapping_add(1).max(1);
         self.open_sent = 0;
+        id
     }
 
     fn reports(
@@ -164,7 +176,7 @@ impl Sink {
 
     /// Serves delivery callbacks; returns the offsets of the newest epoch that
     /// is delivered along with every earlier one (None if none completed).
-    pub fn poll(&mut self, timeout: Duration) -> Result<Option<CommitOffsets>, KafkaError> {
+    pub fn poll(&mut self, timeout: Duration) -> Result<Option<Delivered>, KafkaError> {
         self.producer.poll(timeout);
         self.check_failure()?;
         {
@@ -177,7 +189,10 @@ impl Sink {
         }
         let mut done = None;
         while self.sealed.front().is_some_and(|e| e.acked >= e.sent) {
-            done = self.sealed.pop_front().map(|e| e.offsets);
+            done = self.sealed.pop_front().map(|e| Delivered {
+                epoch: e.id,
+                offsets: e.offsets,
+            });
         }
         Ok(done)
     }
@@ -193,7 +208,7 @@ impl Sink {
 
     /// Waits until every sealed epoch is delivered (or `timeout` passes);
     /// returns the newest committable offsets seen.
-    pub fn drain(&mut self, timeout: Duration) -> Result<Option<CommitOffsets>, KafkaError> {
+    pub fn drain(&mut self, timeout: Duration) -> Result<Option<Delivered>, KafkaError> {
         let deadline = Instant::now() + timeout;
         let mut newest = None;
         loop {

@@ -183,7 +183,9 @@ pub struct EventSource {
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
 impl EventSource {
-    /// Creates the consumer and joins the group or assigns the static partition.
+    /// Creates the consumer and joins the group or assigns the static partition
+    /// (from `resume`, where durable state left off, if it has the partition).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         pipeline: &str,
         group: &str,
@@ -192,6 +194,7 @@ impl EventSource {
         properties: &BTreeMap<String, String>,
         brokers: &str,
         lag: Lag,
+        resume: &HashMap<(String, i32), i64>,
     ) -> Result<Self, KafkaError> {
         let base = super::properties(&[
             ("statistics.interval.ms", STATISTICS_INTERVAL_MS),
@@ -230,14 +233,17 @@ impl EventSource {
                     }
                     list.add_partition(topic, p);
                 }
-                // Resume from the group's committed offsets, else from the beginning.
+                // Resume where durable state left off, else from the group's
+                // committed offsets, else from the beginning.
                 let committed = consumer
                     .committed_offsets(list.clone(), Duration::from_secs(10))
                     .map_err(|e| KafkaError::client("cannot read committed offsets", e))?;
                 let mut start = TopicPartitionList::new();
                 for e in committed.elements() {
-                    let offset = match e.offset() {
-                        Offset::Offset(o) => Offset::Offset(o),
+                    let stored = resume.get(&(e.topic().to_string(), e.partition()));
+                    let offset = match (stored, e.offset()) {
+                        (Some(&o), _) => Offset::Offset(o),
+                        (None, Offset::Offset(o)) => Offset::Offset(o),
                         _ => Offset::Beginning,
                     };
                     start
@@ -288,13 +294,15 @@ pub struct DimensionSource {
 }
 
 impl DimensionSource {
-    /// Assigns every partition of `topics` from the beginning and notes the
-    /// end offsets seen now: output waits until they are read.
+    /// Assigns every partition of `topics` from the beginning (or from where
+    /// durable state left off, `resume`) and notes the end offsets seen now:
+    /// output waits until they are read.
     pub fn start(
         topics: &[String],
         properties: &BTreeMap<String, String>,
         brokers: &str,
         idle_after: Duration,
+        resume: &HashMap<(String, i32), i64>,
     ) -> Result<Self, KafkaError> {
         let base = super::properties(&[
             ("group.id", "kaflowsql-dimensions"),
@@ -310,7 +318,9 @@ impl DimensionSource {
         let mut targets = HashMap::new();
         for (topic, &n) in &counts {
             for p in 0..n as i32 {
-                list.add_partition_offset(topic, p, Offset::Beginning)
+                let from = resume.get(&(topic.clone(), p)).copied();
+                let offset = from.map_or(Offset::Beginning, Offset::Offset);
+                list.add_partition_offset(topic, p, offset)
                     .map_err(|e| KafkaError::client("cannot assign a dimension partition", e))?;
                 let (low, high) = consumer
                     .fetch_watermarks(topic, p, Duration::from_secs(10))
@@ -320,7 +330,7 @@ impl DimensionSource {
                             e,
                         )
                     })?;
-                if high > low {
+                if high > low.max(from.unwrap_or(0)) {
                     targets.insert((topic.clone(), p), high);
                 }
             }

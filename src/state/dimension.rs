@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{is_live, new_shards, shard_of, Shard, ShardStats};
+use super::{is_live, new_shards, shard_of, Shard, ShardStats, Spill};
 use crate::codec::Event;
 
 /// Where the current record of a primary key sits.
@@ -22,6 +22,15 @@ pub struct DimensionTable {
     shards: Vec<Shard>,
     primary: HashMap<Box<[u8]>, Located>,
     ttl_ms: Option<i64>,
+    spill: Spill,
+}
+
+/// Where a replaced or deleted record was indexed: join-key hash and bytes.
+pub type Location = (u64, Box<[u8]>);
+
+/// The primary key of a dimension record: its Kafka key, else its join key.
+pub fn primary_of<'a>(event: &'a Event, index_key: &'a [u8]) -> &'a [u8] {
+    event.key.as_deref().unwrap_or(index_key)
 }
 
 impl DimensionTable {
@@ -31,6 +40,7 @@ impl DimensionTable {
             shards: new_shards(),
             primary: HashMap::new(),
             ttl_ms,
+            spill: Spill::default(),
         }
     }
 
@@ -51,8 +61,15 @@ impl DimensionTable {
 
     /// Sets the record of `primary` (the Kafka key, or the join key when the
     /// record has none) to `event`, indexed under join key `index_key`.
-    pub fn upsert(&mut self, primary: &[u8], index_hash: u64, index_key: &[u8], event: Arc<Event>) {
-        self.delete(primary);
+    /// Returns where the record it replaced was indexed, if there was one.
+    pub fn upsert(
+        &mut self,
+        primary: &[u8],
+        index_hash: u64,
+        index_key: &[u8],
+        event: Arc<Event>,
+    ) -> Option<Location> {
+        let old = self.delete(primary);
         let shard = &mut self.shards[shard_of(index_hash)];
         shard.stats.add(&event);
         shard
@@ -67,13 +84,13 @@ impl DimensionTable {
                 event,
             },
         );
+        old
     }
 
-    /// Removes the record of `primary`; returns whether there was one.
-    pub fn delete(&mut self, primary: &[u8]) -> bool {
-        let Some(old) = self.primary.remove(primary) else {
-            return false;
-        };
+    /// Removes the record of `primary`; returns where it was indexed.
+    pub fn delete(&mut self, primary: &[u8]) -> Option<Location> {
+        let old = self.primary.remove(primary)?;
+        let keep_empty = self.spill.spilled;
         let shard = &mut self.shards[shard_of(old.index_hash)];
         if let Some(bucket) = shard.buckets.find_mut(old.index_hash, |b| {
             b.hash == old.index_hash && *b.key == *old.index_key
@@ -87,8 +104,64 @@ impl DimensionTable {
                 shard.stats.remove(&removed);
             }
         }
-        shard.remove_if_empty(old.index_hash, &old.index_key);
-        true
+        shard.remove_if_empty(old.index_hash, &old.index_key, keep_empty);
+        Some((old.index_hash, old.index_key))
+    }
+
+    /// Whether the record of `primary` is in memory.
+    pub fn knows(&self, primary: &[u8]) -> bool {
+        self.primary.contains_key(primary)
+    }
+
+    /// Whether memory knows every record of join key `key` (always, unless
+    /// the table spilled and the key left memory).
+    pub fn resident(&self, hash: u64, key: &[u8]) -> bool {
+        !self.spill.spilled || self.shards[shard_of(hash)].resident(hash, key)
+    }
+
+    /// Whether `key` has a bucket in memory (possibly empty).
+    pub fn has(&self, hash: u64, key: &[u8]) -> bool {
+        self.shards[shard_of(hash)].resident(hash, key)
+    }
+
+    /// Whether some records are on disk only.
+    pub fn spilled(&self) -> bool {
+        self.spill.spilled
+    }
+
+    /// Marks the table as holding records on disk only.
+    pub fn mark_spilled(&mut self) {
+        self.spill.spilled = true;
+    }
+
+    /// Puts the records of join key `key` read back from disk into memory.
+    pub fn load(&mut self, hash: u64, key: &[u8], events: Vec<Arc<Event>>) {
+        let shard = &mut self.shards[shard_of(hash)];
+        for e in &events {
+            shard.stats.add(e);
+            self.primary.insert(
+                primary_of(e, key).into(),
+                Located {
+                    index_hash: hash,
+                    index_key: key.into(),
+                    event: e.clone(),
+                },
+            );
+        }
+        shard.bucket_mut(hash, key).events.extend(events);
+    }
+
+    /// Moves cold join keys out of memory until it holds at most `target`
+    /// bytes; returns the bytes freed. Their records stay on disk.
+    pub fn evict(&mut self, target: u64) -> u64 {
+        let resident = self.stats().memory();
+        let primary = &mut self.primary;
+        self.spill
+            .evict(&mut self.shards, resident, target, |key, events| {
+                for e in events {
+                    primary.remove(primary_of(e, key));
+                }
+            })
     }
 
     /// Every record under `key`, live or not (callers filter with [`super::is_live`]).
@@ -175,10 +248,10 @@ mod tests {
             .collect();
         assert_eq!(found, vec![Value::Str("pro".into())]);
         assert_eq!(t.stats().entries, 1);
-        assert!(t.delete(b"u1"));
+        assert!(t.delete(b"u1").is_some());
         assert_eq!(t.lookup(h, b"u1", 0).count(), 0);
         assert_eq!(t.stats().entries, 0);
-        assert!(!t.delete(b"u1"));
+        assert!(t.delete(b"u1").is_none());
     }
 
     #[test]

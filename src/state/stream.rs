@@ -4,16 +4,22 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use super::{is_live, new_shards, shard_of, Shard, ShardStats};
+use super::{is_live, new_shards, shard_of, Shard, ShardStats, Spill};
 use crate::codec::Event;
+
+/// Where a record came from: topic index, partition, offset.
+pub type Origin = (u16, i32, i64);
 
 /// Records of one event-stream source, by join key, in 256 shards.
 #[derive(Debug)]
 pub struct StreamTable {
     shards: Vec<Shard>,
     ttl_ms: Option<i64>,
-    /// (expiry time, key hash), earliest first, for sweeping.
-    expiry: BinaryHeap<Reverse<(i64, u64)>>,
+    /// (expiry time, key hash, origin), earliest first: one entry per record
+    /// held, in memory or spilled, so each expiry is counted (and its offset
+    /// released) exactly once.
+    expiry: BinaryHeap<Reverse<(i64, u64, Origin)>>,
+    spill: Spill,
 }
 
 impl StreamTable {
@@ -23,6 +29,7 @@ impl StreamTable {
             shards: new_shards(),
             ttl_ms,
             expiry: BinaryHeap::new(),
+            spill: Spill::default(),
         }
     }
 
@@ -31,15 +38,68 @@ impl StreamTable {
         self.ttl_ms
     }
 
+    /// When a record with event time `timestamp` expires (None: never).
+    pub fn expires_at(&self, timestamp: i64) -> Option<i64> {
+        self.ttl_ms.map(|ttl| timestamp.saturating_add(ttl))
+    }
+
     /// Adds a record under `key` (canonical bytes) with hash `hash`.
     pub fn insert(&mut self, hash: u64, key: &[u8], event: Arc<Event>) {
+        self.track(hash, &event);
         let shard = &mut self.shards[shard_of(hash)];
         shard.stats.add(&event);
-        if let Some(ttl) = self.ttl_ms {
-            self.expiry
-                .push(Reverse((event.timestamp.saturating_add(ttl), hash)));
-        }
         shard.bucket_mut(hash, key).events.push(event);
+    }
+
+    /// Schedules the expiry of a record that is held on disk only.
+    pub fn track(&mut self, hash: u64, event: &Event) {
+        if let Some(at) = self.expires_at(event.timestamp) {
+            self.expiry.push(Reverse((
+                at,
+                hash,
+                (event.topic, event.partition, event.offset),
+            )));
+        }
+    }
+
+    /// Whether memory knows every live record of `key` (always, unless the
+    /// table spilled and the key left memory).
+    pub fn resident(&self, hash: u64, key: &[u8]) -> bool {
+        !self.spill.spilled || self.shards[shard_of(hash)].resident(hash, key)
+    }
+
+    /// Whether `key` has a bucket in memory (possibly empty).
+    pub fn has(&self, hash: u64, key: &[u8]) -> bool {
+        self.shards[shard_of(hash)].resident(hash, key)
+    }
+
+    /// Whether some records are on disk only.
+    pub fn spilled(&self) -> bool {
+        self.spill.spilled
+    }
+
+    /// Puts the records of `key` read back from disk into memory (their
+    /// expiry is already tracked).
+    pub fn load(&mut self, hash: u64, key: &[u8], events: Vec<Arc<Event>>) {
+        let shard = &mut self.shards[shard_of(hash)];
+        for e in &events {
+            shard.stats.add(e);
+        }
+        shard.bucket_mut(hash, key).events.extend(events);
+    }
+
+    /// Marks the table as holding records on disk only (a restore that did
+    /// not load everything into memory).
+    pub fn mark_spilled(&mut self) {
+        self.spill.spilled = true;
+    }
+
+    /// Moves cold keys out of memory until it holds at most `target` bytes;
+    /// returns the bytes freed. Their records stay on disk.
+    pub fn evict(&mut self, target: u64) -> u64 {
+        let resident = self.stats().memory();
+        self.spill
+            .evict(&mut self.shards, resident, target, |_, _| {})
     }
 
     /// Every record under `key`, live or not (callers filter with [`super::is_live`]).
@@ -64,26 +124,28 @@ impl StreamTable {
             .filter(move |e| is_live(e.timestamp, ttl, watermark))
     }
 
-    /// Removes records whose TTL has passed at `watermark`; returns how many.
-    pub fn expire(&mut self, watermark: i64, mut on_evict: impl FnMut(&Arc<Event>)) -> u64 {
+    /// Removes records whose TTL has passed at `watermark`; `on_evict` sees
+    /// the origin of each. Returns how many expired.
+    pub fn expire(&mut self, watermark: i64, mut on_evict: impl FnMut(Origin)) -> u64 {
         let mut evicted = 0;
         let ttl = self.ttl_ms;
-        while let Some(Reverse((at, hash))) = self.expiry.peek().copied() {
+        let keep_empty = self.spill.spilled;
+        while let Some(Reverse((at, hash, origin))) = self.expiry.peek().copied() {
             if at >= watermark {
                 break;
             }
             self.expiry.pop();
+            evicted += 1;
+            on_evict(origin);
             let shard = &mut self.shards[shard_of(hash)];
+            shard.stats.evictions += 1;
             let mut emptied = None;
+            let stats = &mut shard.stats;
             if let Some(bucket) = shard.buckets.find_mut(hash, |b| b.hash == hash) {
-                let stats = &mut shard.stats;
                 bucket.events.retain(|e| {
                     let live = is_live(e.timestamp, ttl, watermark);
                     if !live {
                         stats.remove(e);
-                        stats.evictions += 1;
-                        evicted += 1;
-                        on_evict(e);
                     }
                     live
                 });
@@ -92,7 +154,7 @@ impl StreamTable {
                 }
             }
             if let Some(key) = emptied {
-                shard.remove_if_empty(hash, &key);
+                shard.remove_if_empty(hash, &key, keep_empty);
             }
         }
         evicted

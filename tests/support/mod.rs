@@ -297,6 +297,14 @@ fn replace_word(line: &str, word: &str, with: &str) -> String {
     out
 }
 
+/// The state directory name of an instance: one per owned partition.
+fn state_name(extra: &[&str]) -> String {
+    match extra.iter().position(|a| *a == "--partition") {
+        Some(i) => format!("state-p{}", extra.get(i + 1).unwrap_or(&"")),
+        None => "state".to_string(),
+    }
+}
+
 /// A running `kaflowsql run`.
 pub struct Kaflowsql {
     pub child: Child,
@@ -306,11 +314,16 @@ pub struct Kaflowsql {
 
 /// A global config pointing at `brokers`, listening on `port`.
 pub fn write_config_for(brokers: &str, dir: &Path, port: u16) -> PathBuf {
+    write_config_with(brokers, dir, port, "")
+}
+
+/// [`write_config_for`] with more top-level YAML appended.
+pub fn write_config_with(brokers: &str, dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join(format!("kaflowsql-{port}.yaml"));
     std::fs::write(
         &path,
         format!(
-            "kafka:\n  brokers: {brokers}\n  consumer:\n    maxPollRecords: 2000\n  properties:\n    session.timeout.ms: \"6000\"\n    max.poll.interval.ms: \"10000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\n"
+            "kafka:\n  brokers: {brokers}\n  consumer:\n    maxPollRecords: 2000\n  properties:\n    session.timeout.ms: \"6000\"\n    max.poll.interval.ms: \"10000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\n{extra}"
         ),
     )
     .unwrap();
@@ -324,25 +337,63 @@ impl Kaflowsql {
 
     /// [`Kaflowsql::start`] against the given brokers.
     pub fn start_on(brokers: &str, dir: &Path, pipelines: &[&Path], extra: &[&str]) -> Self {
-        let k = Self::launch(brokers, dir, pipelines, extra);
+        let k = Self::launch(brokers, dir, &state_name(extra), pipelines, extra);
+        k.wait_ready();
+        k
+    }
+
+    /// [`Kaflowsql::start`] with its own state directory `dir/<state>` (two
+    /// instances running at once in one test need two).
+    pub fn start_named(dir: &Path, state: &str, pipelines: &[&Path], extra: &[&str]) -> Self {
+        let k = Self::launch(&brokers(), dir, state, pipelines, extra);
+        k.wait_ready();
+        k
+    }
+
+    /// [`Kaflowsql::start_named`] with more global config (top-level YAML).
+    pub fn start_with_config(dir: &Path, state: &str, pipelines: &[&Path], config: &str) -> Self {
+        let k = Self::launch_with(&brokers(), dir, state, pipelines, &[], config);
+        k.wait_ready();
+        k
+    }
+
+    fn wait_ready(&self) {
+        let k = self;
         k.wait_until(Duration::from_secs(60), |k| {
             k.get("/readyz").map(|(s, _)| s == 200).unwrap_or(false)
         });
-        k
     }
 
     /// Starts without waiting for readiness (the HTTP server answers at once).
     pub fn spawn(dir: &Path, pipelines: &[&Path]) -> Self {
-        let k = Self::launch(&brokers(), dir, pipelines, &[]);
+        let k = Self::launch(&brokers(), dir, "state", pipelines, &[]);
         k.wait_until(Duration::from_secs(30), |k| k.get("/healthz").is_some());
         k
     }
 
-    /// `kaflowsql run` with a fresh config (free HTTP port) and a log file in `dir`.
+    /// `kaflowsql run` with a fresh config (free HTTP port), a log file in
+    /// `dir` and state in `dir/<state>` (kept across restarts in one test).
     /// Event time does not follow the wall clock (tests replay recorded input slowly).
-    fn launch(brokers: &str, dir: &Path, pipelines: &[&Path], extra: &[&str]) -> Self {
+    pub fn launch(
+        brokers: &str,
+        dir: &Path,
+        state: &str,
+        pipelines: &[&Path],
+        extra: &[&str],
+    ) -> Self {
+        Self::launch_with(brokers, dir, state, pipelines, extra, "")
+    }
+
+    fn launch_with(
+        brokers: &str,
+        dir: &Path,
+        state: &str,
+        pipelines: &[&Path],
+        extra: &[&str],
+        config: &str,
+    ) -> Self {
         let port = free_port();
-        let config = write_config_for(brokers, dir, port);
+        let config = write_config_with(brokers, dir, port, config);
         let log = dir.join(format!("kaflowsql-{port}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaflowsql"));
         cmd.arg("run").arg("--config").arg(&config).args(extra);
@@ -351,6 +402,7 @@ impl Kaflowsql {
         }
         let child = cmd
             .env("KAFLOWSQL_IDLE_WATERMARK_MS", "600000")
+            .env("KAFLOWSQL_STATE_ROCKSDB_PATH", dir.join(state))
             .env("RUST_LOG", "info,rdkafka=warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
