@@ -105,57 +105,56 @@ fn state_config(dir: &Path, memory: Option<u64>) -> StateConfig {
     }
 }
 
-/// Heap bytes per entry of a stream table, and the payload they carry.
-fn entry_bytes() -> (f64, f64) {
+/// Heap bytes a stream table adds per entry (beyond the decoded event it
+/// shares), for keys holding one record (the worst case) and four.
+fn entry_bytes() -> (f64, f64, f64) {
     let n = 1_000_000usize;
-    let mut events = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut payload = 0usize;
-    for i in 0..n {
-        let values: Box<[Value]> = vec![
-            Value::Str(format!("o{i}").into()),
-            Value::Str(format!("c{}", i % 997).into()),
-            Value::Float(i as f64),
-        ]
-        .into_boxed_slice();
-        payload += values
-            .iter()
-            .map(|v| match v {
-                Value::Str(s) | Value::Json(s) => s.len(),
-                _ => 8,
-            })
-            .sum::<usize>();
-        let mut k = Vec::new();
-        canonical_key(&values[..1], &mut k);
-        keys.push(k);
-        events.push(Event {
-            topic: 0,
-            partition: 0,
-            offset: i as i64,
-            timestamp: i as i64,
-            key: None,
-            values,
-        });
-    }
-    let mut table = StreamTable::new(Some(3_600_000));
-    let before = LIVE.load(Ordering::Relaxed);
-    for (e, k) in events.into_iter().zip(&keys) {
-        table.insert(hash_key(k), k, Arc::new(e));
-    }
-    let after = LIVE.load(Ordering::Relaxed);
-    // Bytes the events would take anyway as decoded values (their own heap),
-    // measured as the drop in live bytes when the table is freed, minus the
-    // table's structures.
-    let per_entry = (after - before) as f64 / n as f64;
-    let stats = table.stats();
-    drop(table);
-    let values_heap = stats.bytes as f64 / n as f64;
+    let measure = |per_key: usize| -> (f64, f64) {
+        let mut events = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut event_bytes = 0usize;
+        for i in 0..n {
+            let id = i / per_key;
+            let values: Box<[Value]> = vec![
+                Value::Str(format!("o{id}").into()),
+                Value::Str(format!("c{}", i % 997).into()),
+                Value::Float(i as f64),
+            ]
+            .into_boxed_slice();
+            let mut k = Vec::new();
+            canonical_key(&values[..1], &mut k);
+            keys.push(k);
+            let e = Event {
+                topic: 0,
+                partition: 0,
+                offset: i as i64,
+                timestamp: i as i64,
+                key: None,
+                values,
+            };
+            event_bytes += e.size_bytes();
+            // The shared event exists before state takes a reference to it.
+            events.push(Arc::new(e));
+        }
+        let mut table = StreamTable::new(Some(3_600_000));
+        let before = LIVE.load(Ordering::Relaxed);
+        for (e, k) in events.into_iter().zip(&keys) {
+            table.insert(hash_key(k), k, e);
+        }
+        let after = LIVE.load(Ordering::Relaxed);
+        drop(table);
+        // Table structures, plus the Arc header (strong and weak counts) that
+        // sharing costs each event.
+        let overhead = (after - before) as f64 / n as f64 + 16.0;
+        (overhead, event_bytes as f64 / n as f64)
+    };
+    let (one, payload) = measure(1);
+    let (four, _) = measure(4);
     println!(
-        "entry_bytes: {per_entry:.1} bytes of table structure per entry (Arc header, bucket slot, key copy, \
-         hash slot, expiry entry), beyond the event itself ({values_heap:.1} bytes incl. its {:.1}-byte payload)",
-        payload as f64 / n as f64
+        "entry_bytes: {one:.1} bytes of overhead per entry with one record per key, {four:.1} with four \
+         (bucket, key copy, hash slot, expiry entry, Arc header), beyond the {payload:.1}-byte decoded event"
     );
-    (per_entry, payload as f64 / n as f64)
+    (one, four, payload)
 }
 
 struct Rec {
@@ -229,13 +228,16 @@ fn feed(engine: &mut Engine, records: &[Rec]) -> u64 {
     emitted + out.rows.len() as u64
 }
 
+/// Alternating runs of each side (the machine is shared: medians of several).
+const RUNS: usize = 7;
+
 /// Events per second through the stream-stream join, memory only vs RocksDB.
 fn write_throughput() -> (f64, f64) {
     let records = orders_records(200_000);
     let p = orders_pipeline();
     let mut memory = Vec::new();
     let mut durable = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..RUNS {
         let mut engine = Engine::new(&p).unwrap();
         let t = Instant::now();
         let n = feed(&mut engine, &records);
@@ -260,7 +262,7 @@ fn write_throughput() -> (f64, f64) {
     };
     let (m, d) = (median(&mut memory), median(&mut durable));
     println!(
-        "write_throughput: memory only {:.0} events/s, RocksDB {:.0} events/s (median of 3; ratio {:.2})",
+        "write_throughput: memory only {:.0} events/s, RocksDB {:.0} events/s (medians of {RUNS} alternating runs; ratio {:.2})",
         m,
         d,
         d / m
@@ -325,12 +327,18 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let (entry, payload) = entry_bytes();
+    if std::env::var("STATE_BENCH_ONLY").as_deref() == Ok("write") {
+        // For profilers: the write throughput part alone.
+        write_throughput();
+        return;
+    }
+    let (entry, entry_four, payload) = entry_bytes();
     let (memory, durable) = write_throughput();
     let (restore, restore_budget) = restart(keys);
     let json = serde_json::json!({
-        "entry_overhead_bytes": entry,
-        "entry_payload_bytes": payload,
+        "entry_overhead_bytes_one_per_key": entry,
+        "entry_overhead_bytes_four_per_key": entry_four,
+        "entry_event_bytes": payload,
         "write_events_per_s_memory": memory,
         "write_events_per_s_rocksdb": durable,
         "write_ratio": durable / memory,

@@ -15,6 +15,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 use crate::codec::Event;
 
@@ -73,7 +74,8 @@ pub const ENTRY_OVERHEAD: u64 = 64;
 struct Bucket {
     hash: u64,
     key: Box<[u8]>,
-    events: Vec<Arc<Event>>,
+    /// Most keys of a stream hold one record at a time: it lives inline.
+    events: SmallVec<[Arc<Event>; 1]>,
     /// Looked up or changed since the eviction hand last passed (CLOCK).
     referenced: Cell<bool>,
 }
@@ -161,7 +163,7 @@ impl Shard {
                     Bucket {
                         hash,
                         key: key.into(),
-                        events: Vec::with_capacity(1),
+                        events: SmallVec::new(),
                         referenced: Cell::new(true),
                     },
                     |b| b.hash,

@@ -10,6 +10,7 @@
 pub mod layout;
 mod options;
 mod pipeline;
+mod writer;
 
 pub use layout::{LayoutError, NEVER};
 pub use pipeline::{Checkpoint, PipelineStore, Restored, Target};
@@ -83,6 +84,9 @@ pub enum StoreError {
         /// The failure.
         source: rocksdb::Error,
     },
+    /// Writing state failed; the pipeline stops (its last checkpoint stands).
+    #[error("state database: a write failed: {0}\n  help: check the disk of state.rocksdb.path (space, permissions); a restart resumes from the last checkpoint")]
+    Write(String),
     /// A stored value is not in kaflowsql's layout.
     #[error("state of `{column_family}` is corrupt: {source}\n  help: run `kaflowsql state reset` for this pipeline to rebuild its state from Kafka")]
     Corrupt {
@@ -238,7 +242,7 @@ impl StateDb {
                 self.create_family(family, self.tuning.records_options(mark.clone()))?;
             }
         }
-        let store = PipelineStore::new(self.clone(), meta, families, mark);
+        let store = PipelineStore::new(self.clone(), name, meta, families, mark)?;
         match store.fingerprint()? {
             Some(stored) if stored != fingerprint => Err(StoreError::Version {
                 path: self.path.clone(),

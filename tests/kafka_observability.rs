@@ -78,6 +78,35 @@ fn metrics_readiness_and_cpu_profile() {
         );
     }
     p.flush();
+    // Fresh load (more trades, in blocks of 10) through both profiles: a
+    // profile samples CPU time, and the backlog alone may be gone by then.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (topic, stopped) = (renames["trades"].clone(), stop.clone());
+    let load = std::thread::spawn(move || {
+        let p = producer();
+        let mut i = trades;
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..10 {
+                let v = format!(
+                    r#"{{"trade_id":{i},"symbol":"S{}","trader_id":"T{}","qty":1,"price":2.5}}"#,
+                    i % 10,
+                    i % 5
+                );
+                p.send(
+                    &topic,
+                    Some(0),
+                    Some(format!("S{}", i % 10).as_bytes()),
+                    Some(v.as_bytes()),
+                    now + i as i64,
+                );
+                i += 1;
+            }
+            // Up to 10,000 trades a second: load to sample, a backlog that clears.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        p.flush();
+        i
+    });
     // Profile while the backlog is processed.
     k.wait_until(Duration::from_secs(60), |k| {
         k.metric("kaflowsql_events_processed_total") > 2_000.0
@@ -105,32 +134,6 @@ fn metrics_readiness_and_cpu_profile() {
         profile.string_table.iter().any(|s| s.contains("kaflowsql")),
         "kaflowsql's own functions appear in the profile"
     );
-    // The flamegraph, under fresh load (more trades, in blocks of 10).
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (topic, stopped) = (renames["trades"].clone(), stop.clone());
-    let load = std::thread::spawn(move || {
-        let p = producer();
-        let mut i = trades;
-        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-            for _ in 0..10 {
-                let v = format!(
-                    r#"{{"trade_id":{i},"symbol":"S{}","trader_id":"T{}","qty":1,"price":2.5}}"#,
-                    i % 10,
-                    i % 5
-                );
-                p.send(
-                    &topic,
-                    Some(0),
-                    Some(format!("S{}", i % 10).as_bytes()),
-                    Some(v.as_bytes()),
-                    now + i as i64,
-                );
-                i += 1;
-            }
-        }
-        p.flush();
-        i
-    });
     let (svg_status, svg) = k
         .get_bytes(
             "/debug/pprof/profile?seconds=2&format=svg",

@@ -225,7 +225,9 @@ impl Engine {
             }
         }
         // Before anything reads this source back from disk.
-        self.write_state_only()?;
+        if let Some(store) = self.store.as_mut() {
+            store.write_and_wait()?;
+        }
         Ok(())
     }
 
@@ -463,6 +465,11 @@ impl Engine {
         let total = self.state_memory();
         if total <= budget {
             return Ok(());
+        }
+        // Keys leave memory only once their changes are in RocksDB, so a later
+        // read of an absent key never needs to wait for the writer.
+        if let Some(store) = self.store.as_mut() {
+            store.write_and_wait()?;
         }
         let goal = (budget as f64 * EVICT_TO) as u64;
         for s in &mut self.sources {

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use rocksdb::compaction_filter::Decision;
-use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, SliceTransform};
+use rocksdb::{
+    BlockBasedOptions, Cache, DBCompressionType, MemtableFactory, Options, SliceTransform,
+};
 
 use super::layout::{self, RECORD};
 use crate::config::StateConfig;
@@ -85,6 +87,12 @@ impl Tuning {
         o.create_if_missing(true);
         o.create_missing_column_families(true);
         o.set_max_background_jobs(2);
+        // Required by the hash memtables of record families.
+        o.set_allow_concurrent_memtable_write(false);
+        // The WAL is buffered in memory and written by each checkpoint's
+        // synced flush: what a checkpoint covers is on disk before offsets
+        // are committed, and writes between checkpoints cost no system call.
+        o.set_manual_wal_flush(true);
         o
     }
 
@@ -104,7 +112,14 @@ impl Tuning {
             record_prefix,
             Some(in_domain),
         ));
-        o.set_memtable_prefix_bloom_ratio(0.05);
+        // A hash of small skip lists by join key: inserts (the hot path) do not
+        // search one big list; prefix reads stay fast; only a full scan
+        // (restore) pays for merging the buckets.
+        o.set_memtable_factory(MemtableFactory::HashSkipList {
+            bucket_count: 1 << 20,
+            height: 4,
+            branching_factor: 4,
+        });
         o.set_compaction_filter(
             "kaflowsql.ttl",
             move |_level: u32, _key: &[u8], value: &[u8]| match layout::expire_at(value) {

@@ -5,13 +5,13 @@
 //! or bring an evicted join key back into memory.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{Direction, IteratorMode, ReadOptions};
 
 use super::layout::{self, Origin};
+use super::writer::{Op, Staged, Writer};
 use super::{rocks, Db, FamilyStats, StateDb, StoreError};
 
 /// Which column family a staged change goes to.
@@ -21,12 +21,6 @@ pub enum Target {
     Source(usize),
     /// The pipeline's meta family.
     Meta,
-}
-
-struct Op {
-    target: Target,
-    key: Range<usize>,
-    value: Option<Range<usize>>,
 }
 
 /// What a checkpoint makes durable: every source partition's next offset
@@ -69,15 +63,15 @@ pub struct PipelineStore {
     meta: String,
     families: Vec<Option<String>>,
     watermark: Arc<AtomicI64>,
-    arena: Vec<u8>,
-    ops: Vec<Op>,
+    staged: Staged,
+    writer: Writer,
 }
 
 impl std::fmt::Debug for PipelineStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PipelineStore")
             .field("meta", &self.meta)
-            .field("staged", &self.ops.len())
+            .field("staged", &self.staged.ops.len())
             .finish()
     }
 }
@@ -92,18 +86,26 @@ fn corrupt(family: &str) -> impl FnOnce(layout::LayoutError) -> StoreError + '_ 
 impl PipelineStore {
     pub(super) fn new(
         db: Arc<StateDb>,
+        pipeline: &str,
         meta: String,
         families: Vec<Option<String>>,
         watermark: Arc<AtomicI64>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, StoreError> {
+        let mut targets = vec![(Target::Meta, meta.clone())];
+        for (s, f) in families.iter().enumerate() {
+            if let Some(f) = f {
+                targets.push((Target::Source(s), f.clone()));
+            }
+        }
+        let writer = Writer::spawn(db.clone(), pipeline, targets)?;
+        Ok(Self {
             db,
             meta,
             families,
             watermark,
-            arena: Vec::new(),
-            ops: Vec::new(),
-        }
+            staged: Staged::default(),
+            writer,
+        })
     }
 
     /// The database this state lives in.
@@ -135,69 +137,53 @@ impl PipelineStore {
         key: impl FnOnce(&mut Vec<u8>),
         value: impl FnOnce(&mut Vec<u8>),
     ) {
-        let k = self.arena.len();
-        key(&mut self.arena);
-        let v = self.arena.len();
-        value(&mut self.arena);
-        self.ops.push(Op {
+        let arena = &mut self.staged.arena;
+        let k = arena.len();
+        key(arena);
+        let v = arena.len();
+        value(arena);
+        let end = arena.len();
+        self.staged.ops.push(Op {
             target,
             key: k..v,
-            value: Some(v..self.arena.len()),
+            value: Some(v..end),
         });
     }
 
     /// Stages a delete.
     pub fn delete(&mut self, target: Target, key: impl FnOnce(&mut Vec<u8>)) {
-        let k = self.arena.len();
-        key(&mut self.arena);
-        self.ops.push(Op {
+        let arena = &mut self.staged.arena;
+        let k = arena.len();
+        key(arena);
+        let end = arena.len();
+        self.staged.ops.push(Op {
             target,
-            key: k..self.arena.len(),
+            key: k..end,
             value: None,
         });
     }
 
     /// Changes staged and not yet written.
     pub fn staged(&self) -> usize {
-        self.ops.len()
+        self.staged.ops.len()
     }
 
-    fn batch(&self) -> Result<WriteBatch, StoreError> {
-        let mut batch = WriteBatch::default();
-        let mut handles: Vec<(Target, Arc<rocksdb::BoundColumnFamily<'_>>)> = Vec::new();
-        for op in &self.ops {
-            let cf = match handles.iter().find(|(t, _)| *t == op.target) {
-                Some((_, h)) => h.clone(),
-                None => {
-                    let h = self.handle(op.target)?;
-                    handles.push((op.target, h.clone()));
-                    h
-                }
-            };
-            let key = &self.arena[op.key.clone()];
-            match &op.value {
-                Some(v) => batch.put_cf(&cf, key, &self.arena[v.clone()]),
-                None => batch.delete_cf(&cf, key),
-            }
-        }
-        Ok(batch)
-    }
-
-    /// Writes every staged change in one batch (WAL, no sync).
+    /// Hands every staged change to the writer thread (one batch, WAL on,
+    /// no sync); returns at once unless the writer is behind.
     pub fn write(&mut self) -> Result<(), StoreError> {
-        if self.ops.is_empty() {
+        if self.staged.ops.is_empty() {
             return Ok(());
         }
-        let batch = self.batch()?;
-        let mut opts = WriteOptions::default();
-        opts.set_sync(false);
-        self.db
-            .db
-            .write_opt(batch, &opts)
-            .map_err(rocks("write state"))?;
-        self.ops.clear();
-        self.arena.clear();
+        let staged = std::mem::take(&mut self.staged);
+        self.staged = self.writer.submit(staged)?;
         Ok(())
+    }
+
+    /// Writes staged changes and waits until everything handed to the
+    /// writer is in RocksDB.
+    pub fn write_and_wait(&mut self) -> Result<(), StoreError> {
+        self.write()?;
+        self.writer.barrier()
     }
 
     /// Makes `checkpoint` durable after every staged change: one batch, then
@@ -220,7 +206,7 @@ impl PipelineStore {
         for &origin in &checkpoint.released {
             self.delete(Target::Meta, |b| layout::held_key(origin, b));
         }
-        self.write()?;
+        self.write_and_wait()?;
         self.db.db.flush_wal(true).map_err(rocks("sync the WAL"))?;
         self.watermark
             .fetch_max(checkpoint.watermark, Ordering::Relaxed);
