@@ -104,7 +104,7 @@ pub fn run(
         "kaflowsql starting; metrics on http://{}/metrics",
         global.http.listen
     );
-    telemetry::serve(listener, registry.clone());
+    telemetry::serve(listener, registry.clone()).context("cannot start the HTTP server")?;
     let shutdown = Arc::new(AtomicBool::new(false));
     {
         let shutdown = shutdown.clone();

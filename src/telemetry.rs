@@ -1,19 +1,19 @@
 //! Metrics and the HTTP endpoints operators scrape: `/metrics` (Prometheus
-//! text, the guide's metric names), `/healthz` and `/readyz`.
+//! text, the guide's metric names), `/healthz`, `/readyz` and the CPU
+//! profile (`http.rs`, axum).
 //!
 //! Hot-path counters are plain atomics updated once per micro-batch and
 //! rendered when Prometheus scrapes; every metric name lives in this file.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tracing::warn;
-
+mod http;
 pub mod profile;
+
+pub use http::{router, serve};
 
 /// Histogram bucket bounds in seconds, from 10 µs.
 const BUCKETS: [f64; 16] = [
@@ -359,89 +359,6 @@ pub fn resident_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096)
-}
-
-/// Serves `/metrics`, `/healthz`, `/readyz` and `/debug/pprof/profile` on
-/// `listener` until the process ends (a thread per connection, so a long
-/// profile does not hold up scrapes).
-pub fn serve(listener: TcpListener, registry: Arc<Registry>) {
-    std::thread::Builder::new()
-        .name("kaflowsql-http".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => {
-                        let registry = registry.clone();
-                        let spawned = std::thread::Builder::new()
-                            .name("kaflowsql-http-conn".into())
-                            .spawn(move || {
-                                if let Err(error) = answer(s, &registry) {
-                                    warn!(%error, "HTTP request failed.");
-                                }
-                            });
-                        if let Err(error) = spawned {
-                            warn!(%error, "Cannot start an HTTP connection thread.");
-                        }
-                    }
-                    Err(error) => warn!(%error, "HTTP accept failed."),
-                }
-            }
-        })
-        .map(|_| ())
-        .unwrap_or_else(|error| warn!(%error, "Cannot start the HTTP thread."));
-}
-
-fn answer(stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
-    }
-    let target = request_line.split_whitespace().nth(1).unwrap_or("/");
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if path == "/debug/pprof/profile" {
-        let (status, body, kind): (&str, Vec<u8>, &str) = match profile::parse_query(query) {
-            Err(e) => (
-                "400 Bad Request",
-                format!("{e}\n").into_bytes(),
-                "text/plain",
-            ),
-            Ok((duration, format)) => match profile::cpu_profile(duration, format) {
-                Ok(body) if format == profile::Format::Svg => ("200 OK", body, "image/svg+xml"),
-                Ok(body) => ("200 OK", body, "application/octet-stream"),
-                Err(e) => ("409 Conflict", format!("{e}\n").into_bytes(), "text/plain"),
-            },
-        };
-        let mut stream = stream;
-        write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )?;
-        stream.write_all(&body)?;
-        return stream.flush();
-    }
-    let (status, body, kind) = match path {
-        "/metrics" => ("200 OK", registry.render(), "text/plain; version=0.0.4"),
-        "/healthz" => ("200 OK", "ok\n".to_string(), "text/plain"),
-        "/readyz" if registry.ready() => ("200 OK", "ready\n".to_string(), "text/plain"),
-        "/readyz" => (
-            "503 Service Unavailable",
-            "not ready: partitions not assigned or dimensions still loading\n".to_string(),
-            "text/plain",
-        ),
-        _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
-    };
-    let mut stream = stream;
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
 }
 
 #[cfg(test)]

@@ -1,0 +1,98 @@
+//! The HTTP server operators and probes talk to: axum on a small tokio
+//! runtime of its own, so scrapes and profiles never touch the pipelines'
+//! threads. Routes: `/metrics`, `/healthz`, `/readyz`,
+//! `/debug/pprof/profile?seconds=N[&format=svg]`.
+
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tracing::warn;
+
+use super::profile;
+use super::Registry;
+
+fn text(status: StatusCode, kind: &'static str, body: impl Into<axum::body::Body>) -> Response {
+    (status, [(header::CONTENT_TYPE, kind)], body.into()).into_response()
+}
+
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
+    text(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        registry.render(),
+    )
+}
+
+async fn healthz() -> Response {
+    text(StatusCode::OK, "text/plain", "ok\n")
+}
+
+async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
+    if registry.ready() {
+        text(StatusCode::OK, "text/plain", "ready\n")
+    } else {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: partitions not assigned, dimensions still loading or state being restored\n",
+        )
+    }
+}
+
+async fn pprof_profile(RawQuery(query): RawQuery) -> Response {
+    let (duration, format) = match profile::parse_query(query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return text(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    };
+    // Sampling blocks for the whole duration: off the runtime's thread.
+    let taken = tokio::task::spawn_blocking(move || profile::cpu_profile(duration, format)).await;
+    match taken {
+        Ok(Ok(body)) if format == profile::Format::Svg => text(StatusCode::OK, "image/svg+xml", body),
+        Ok(Ok(body)) => text(StatusCode::OK, "application/octet-stream", body),
+        Ok(Err(e)) => text(StatusCode::CONFLICT, "text/plain", format!("{e}\n")),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("the profiler failed: {e}\n"),
+        ),
+    }
+}
+
+/// The routes, over `registry`.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/debug/pprof/profile", get(pprof_profile))
+        .with_state(registry)
+}
+
+/// Serves the routes on `listener` (already bound, so a busy port is an
+/// error at start) from a thread with its own single-threaded runtime.
+pub fn serve(listener: std::net::TcpListener, registry: Arc<Registry>) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .thread_name("kaflowsql-http")
+        .build()?;
+    std::thread::Builder::new()
+        .name("kaflowsql-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(error) => return warn!(%error, "Cannot serve HTTP."),
+                };
+                if let Err(error) = axum::serve(listener, router(registry)).await {
+                    warn!(%error, "The HTTP server stopped.");
+                }
+            })
+        })?;
+    Ok(())
+}
