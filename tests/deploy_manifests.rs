@@ -45,6 +45,12 @@ fn dockerfile_passes_hadolint_and_builds_as_ci_does() {
     assert!(docker.contains("cargo build --release --locked --workspace --bins"));
     assert!(docker.contains("USER 10001") && docker.contains("ENTRYPOINT [\"kaflowsql\"]"));
     assert!(docker.contains("VOLUME [\"/var/lib/kaflowsql\"]"));
+    assert!(docker.contains("KAFLOWSQL_STATE_ROCKSDB_PATH=/var/lib/kaflowsql/state"));
+    // Every system package the build needs on a developer machine is in the image's build stage.
+    for package in ["cmake", "libcurl4-openssl-dev", "libclang-dev"] {
+        assert!(deps.contains(package), "deps.sh installs {package}");
+        assert!(docker.contains(package), "the Dockerfile installs {package}");
+    }
 }
 
 #[test]
