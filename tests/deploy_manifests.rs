@@ -49,7 +49,10 @@ fn dockerfile_passes_hadolint_and_builds_as_ci_does() {
     // Every system package the build needs on a developer machine is in the image's build stage.
     for package in ["cmake", "libcurl4-openssl-dev", "libclang-dev"] {
         assert!(deps.contains(package), "deps.sh installs {package}");
-        assert!(docker.contains(package), "the Dockerfile installs {package}");
+        assert!(
+            docker.contains(package),
+            "the Dockerfile installs {package}"
+        );
     }
 }
 

@@ -51,7 +51,9 @@ async fn pprof_profile(RawQuery(query): RawQuery) -> Response {
     // Sampling blocks for the whole duration: off the runtime's thread.
     let taken = tokio::task::spawn_blocking(move || profile::cpu_profile(duration, format)).await;
     match taken {
-        Ok(Ok(body)) if format == profile::Format::Svg => text(StatusCode::OK, "image/svg+xml", body),
+        Ok(Ok(body)) if format == profile::Format::Svg => {
+            text(StatusCode::OK, "image/svg+xml", body)
+        }
         Ok(Ok(body)) => text(StatusCode::OK, "application/octet-stream", body),
         Ok(Err(e)) => text(StatusCode::CONFLICT, "text/plain", format!("{e}\n")),
         Err(e) => text(
