@@ -244,6 +244,10 @@ pub struct Engine {
     store_error: Option<StoreError>,
     /// Records pushed since state was last written.
     since_write: u32,
+    /// Held events not yet written (most are released before the next write).
+    unwritten_held: Vec<HeldId>,
+    /// Held events whose copy is in RocksDB.
+    written_held: std::collections::HashSet<HeldId>,
 }
 
 fn add_column(columns: &mut Vec<String>, name: &str) -> usize {
@@ -380,6 +384,8 @@ impl Engine {
             misses: Vec::new(),
             store_error: None,
             since_write: 0,
+            unwritten_held: Vec::new(),
+            written_held: std::collections::HashSet::new(),
         })
     }
 
@@ -678,7 +684,7 @@ impl Engine {
                     .held
                     .hold(event.clone(), event.timestamp.saturating_add(timeout_ms));
                 self.pins.pin(event.topic, event.partition, event.offset);
-                self.persist_held(event);
+                self.persist_held(id);
                 self.enumerate_group(
                     GroupKind::Smart(id),
                     event,
@@ -988,7 +994,7 @@ impl Engine {
             Some(h) => {
                 self.pins
                     .unpin(h.event.topic, h.event.partition, h.event.offset);
-                self.persist_release(&h.event);
+                self.persist_release(id, &h.event);
                 true
             }
             None => false,

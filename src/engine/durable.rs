@@ -18,6 +18,7 @@ use tracing::warn;
 use super::{Engine, EngineError, GroupKind, Origin};
 use crate::codec::{hash_key, Event};
 use crate::config::Emission;
+use crate::emit::HeldId;
 use crate::join::{Mode, Table};
 use crate::state::Location;
 use crate::store::layout::{self, NEVER};
@@ -263,6 +264,7 @@ impl Engine {
                 .held
                 .hold(event.clone(), event.timestamp.saturating_add(timeout_ms));
             self.pins.pin(event.topic, event.partition, event.offset);
+            self.written_held.insert(id);
             let origin = Origin::of(&event);
             // Only to register what it waits on: the rows are not evaluated.
             self.enumerate_group(
@@ -349,22 +351,40 @@ impl Engine {
         }
     }
 
-    /// Stages a held smart-emission event.
-    pub(super) fn persist_held(&mut self, event: &Event) {
-        if let Some(store) = self.store.as_mut() {
-            let origin = (event.topic, event.partition, event.offset);
-            store.put(
-                Target::Meta,
-                |b| layout::held_key(origin, b),
-                |b| layout::encode_event(event, NEVER, b),
-            );
+    /// Notes a new held smart-emission event; it is written with the next
+    /// state write if it is still held then (most are released within their
+    /// micro-batch and never reach the disk).
+    pub(super) fn persist_held(&mut self, id: HeldId) {
+        if self.store.is_some() {
+            self.unwritten_held.push(id);
         }
     }
 
-    /// Notes that held event `event` was released: its stored copy goes with
-    /// the checkpoint of the epoch that carries the release's output.
-    pub(super) fn persist_release(&mut self, event: &Event) {
-        if self.store.is_some() {
+    /// Stages the held events noted since the last write that are still held.
+    fn stage_held(&mut self) {
+        let Some(store) = self.store.as_mut() else {
+            self.unwritten_held.clear();
+            return;
+        };
+        for id in self.unwritten_held.drain(..) {
+            let Some(h) = self.held.get(id) else {
+                continue;
+            };
+            let e = &h.event;
+            let origin = (e.topic, e.partition, e.offset);
+            store.put(
+                Target::Meta,
+                |b| layout::held_key(origin, b),
+                |b| layout::encode_event(e, NEVER, b),
+            );
+            self.written_held.insert(id);
+        }
+    }
+
+    /// Notes that held event `id` was released: a stored copy goes with the
+    /// checkpoint of the epoch that carries the release's output.
+    pub(super) fn persist_release(&mut self, id: HeldId, event: &Event) {
+        if self.written_held.remove(&id) {
             self.released
                 .push((event.topic, event.partition, event.offset));
         }
@@ -458,6 +478,7 @@ impl Engine {
     /// memory while hot state is over its budget.
     pub fn write_state(&mut self) -> Result<(), EngineError> {
         self.since_write = 0;
+        self.stage_held();
         self.write_state_only()?;
         let Some(budget) = self.budget else {
             return Ok(());
