@@ -153,7 +153,9 @@ fn entry_bytes() -> (f64, f64, f64) {
     let (one, payload) = measure(1_000_000, 1);
     let (four, _) = measure(1_000_000, 4);
     let (one_fuller, _) = measure(700_000, 1);
-    println!("entry_bytes: {one_fuller:.1} bytes per entry with one record per key at 700,000 entries");
+    println!(
+        "entry_bytes: {one_fuller:.1} bytes per entry with one record per key at 700,000 entries"
+    );
     println!(
         "entry_bytes: {one:.1} bytes of overhead per entry with one record per key, {four:.1} with four \
          (bucket, key copy, hash slot, expiry entry, Arc header), beyond the {payload:.1}-byte decoded event"
