@@ -818,44 +818,15 @@ impl Engine {
     ) {
         let stride = self.plan.sources.len();
         let start = self.rows.len() / stride;
-        self.probes.clear();
-        let joiner = Joiner {
-            plan: &self.plan,
-            sources: &self.sources,
-            watermark: self.watermark,
-        };
-        let probes = if register {
-            Some(&mut self.probes)
-        } else {
-            None
-        };
         self.enumerations += 1;
         let timed = self.lookup_timing.is_some() && self.enumerations % 64 == 0;
         let (started, lookups_before) = (timed.then(Instant::now), self.stats.lookups.lookups);
         let (rows_before, stats_before) = (self.rows.len(), self.stats.lookups);
-        self.misses.clear();
-        let mut n = joiner.enumerate(
-            driving,
-            pinned,
-            mode,
-            &mut self.rows,
-            probes,
-            &mut self.stats.lookups,
-            &mut self.scratch,
-            &mut self.misses,
-        );
-        // Keys that left memory: bring them back and enumerate again (a
-        // chain of joins may reveal one more key per round).
+        // Keys that left memory are brought back and the rows enumerated again
+        // (a chain of joins may reveal one more such key per round).
         let mut rounds = 0;
-        while !self.misses.is_empty() && self.store.is_some() && rounds <= self.plan.joins.len() {
-            rounds += 1;
-            for (s, hash, key) in std::mem::take(&mut self.misses) {
-                if let Err(e) = self.make_resident(s, hash, &key) {
-                    self.store_error.get_or_insert(e);
-                }
-            }
-            self.rows.truncate(rows_before);
-            self.stats.lookups = stats_before;
+        let n = loop {
+            self.misses.clear();
             self.probes.clear();
             let joiner = Joiner {
                 plan: &self.plan,
@@ -867,7 +838,7 @@ impl Engine {
             } else {
                 None
             };
-            n = joiner.enumerate(
+            let n = joiner.enumerate(
                 driving,
                 pinned,
                 mode,
@@ -877,7 +848,18 @@ impl Engine {
                 &mut self.scratch,
                 &mut self.misses,
             );
-        }
+            if self.misses.is_empty() || self.store.is_none() || rounds > self.plan.joins.len() {
+                break n;
+            }
+            rounds += 1;
+            for (s, hash, key) in std::mem::take(&mut self.misses) {
+                if let Err(e) = self.make_resident(s, hash, &key) {
+                    self.store_error.get_or_insert(e);
+                }
+            }
+            self.rows.truncate(rows_before);
+            self.stats.lookups = stats_before;
+        };
         if let (Some(t), Some(h)) = (started, &self.lookup_timing) {
             let lookups = self.stats.lookups.lookups - lookups_before;
             if lookups > 0 {
