@@ -13,7 +13,7 @@ use tracing::{error, info};
 use kaflowsql::config::{GlobalConfig, Pipeline};
 use kaflowsql::kafka::source::Ownership;
 use kaflowsql::store::StateDb;
-use kaflowsql::telemetry::{self, PipelineMetrics, Registry};
+use kaflowsql::telemetry::{self, Registry};
 use kaflowsql::topology::{run_pipeline, RunOptions};
 
 /// The partition owned in static mode, from `N` or `auto` (host name `name-N`).
@@ -41,6 +41,8 @@ fn init_logs(json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        // Colours only on a terminal: files and log collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -87,7 +89,7 @@ pub fn run(
             return Ok(ExitCode::from(2));
         }
     };
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new());
     registry.set_state(state.clone());
     let listener = TcpListener::bind(&global.http.listen).with_context(|| {
         format!(
@@ -132,8 +134,7 @@ pub fn run(
     }
     let mut threads = Vec::new();
     for p in pipelines {
-        let metrics = PipelineMetrics::new(&p.name);
-        registry.add(metrics.clone());
+        let metrics = registry.pipeline(&p.name);
         let (global, options, shutdown) = (global.clone(), options.clone(), shutdown.clone());
         let handle = std::thread::Builder::new()
             .name(format!("pipeline-{}", p.name))

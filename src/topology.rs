@@ -165,7 +165,7 @@ impl Runner<'_> {
                         h,
                     )
                     .map_err(|e| self.kafka(e))?;
-                self.metrics.dlq_records.fetch_add(1, Ordering::Relaxed);
+                self.metrics.dlq_records(1);
             }
         }
         Ok(())
@@ -197,9 +197,7 @@ impl Runner<'_> {
                 });
             }
         }
-        self.metrics
-            .output_records
-            .fetch_add(self.out.rows.len() as u64, Ordering::Relaxed);
+        self.metrics.output_records(self.out.rows.len() as u64);
         self.out.clear_rows();
         let mut offsets = CommitOffsets::new();
         for (&(t, p), &next) in &self.next {
@@ -303,7 +301,7 @@ pub fn run_pipeline(
     };
     let mut engine = Engine::new(pipeline)
         .map_err(engine_err)?
-        .with_lookup_timing(metrics.join_lookup_duration.clone());
+        .with_lookup_timing(metrics.lookup_histogram());
     let mut resume_by_name: HashMap<(String, i32), i64> = HashMap::new();
     if let Some(db) = &options.state {
         let started = Instant::now();
@@ -396,26 +394,24 @@ pub fn run_pipeline(
     };
     let started = Instant::now();
     if let Some(d) = dimensions.as_mut() {
-        metrics
-            .dimension_partitions_pending
-            .store(d.remaining() as u64, Ordering::Relaxed);
+        let mut loaded: u64 = 0;
+        metrics.dimension_partitions_pending(d.remaining());
         while !d.caught_up() && !shutdown.load(Ordering::Relaxed) {
             match d.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     let (topic, partition, offset) =
                         (m.topic().to_string(), m.partition(), m.offset());
                     runner.push(&m, false)?;
+                    loaded += 1;
                     d.progressed(&topic, partition, offset);
                 }
                 Some(Err(error)) => warn!(%error, "Dimension read failed; retrying."),
                 None => d.idle(),
             }
-            metrics
-                .dimension_partitions_pending
-                .store(d.remaining() as u64, Ordering::Relaxed);
+            metrics.dimension_partitions_pending(d.remaining());
         }
         runner.flush(None, 0)?;
-        info!(pipeline = %pipeline.name, topics = ?dims, elapsed = ?started.elapsed(), "Dimensions loaded.");
+        info!(pipeline = %pipeline.name, topics = ?dims, records = loaded, elapsed = ?started.elapsed(), "Dimensions loaded.");
     }
 
     let source = match connect("consume the event streams", &shutdown, || {
@@ -426,7 +422,7 @@ pub fn run_pipeline(
             options.ownership,
             &consumer_props,
             &brokers,
-            metrics.consumer_lag.clone(),
+            metrics.consumer_lag(),
             &resume_by_name,
         )
     })
@@ -435,7 +431,7 @@ pub fn run_pipeline(
         Some(s) => s,
         None => return Ok(()),
     };
-    metrics.ready.store(true, Ordering::Relaxed);
+    metrics.set_ready(true);
     info!(
         pipeline = %pipeline.name,
         group = %pipeline.consumer_group,
@@ -526,7 +522,7 @@ pub fn run_pipeline(
             }
             Ok(None) => {}
             Err(e) => {
-                metrics.producer_errors.fetch_add(1, Ordering::Relaxed);
+                metrics.producer_error();
                 break Err(runner.kafka(e));
             }
         }
@@ -544,7 +540,7 @@ pub fn run_pipeline(
     };
 
     // Drain: evaluate what is pending, deliver everything, commit what was delivered.
-    metrics.ready.store(false, Ordering::Relaxed);
+    metrics.set_ready(false);
     let drained = match &result {
         Ok(()) => runner.flush(None, 0).and_then(|()| {
             runner

@@ -358,18 +358,28 @@ impl DimensionSource {
         self.targets.len()
     }
 
-    /// Notes that `offset` of a partition was read.
+    /// Notes that `offset` of a partition was read. A partition is read to
+    /// its end when the next offset reaches both the end offset listed at
+    /// start and the high watermark of the latest fetch response: some
+    /// brokers (Tansu 0.6) list an end offset that is too small (the last
+    /// batch's base offset + 1), and the fetch path's is the real one.
     pub fn progressed(&mut self, topic: &str, partition: i32, offset: i64) {
         self.last_progress = Instant::now();
         let key = (topic.to_string(), partition);
         if let Some(&end) = self.targets.get(&key) {
-            if offset + 1 >= end {
+            if offset + 1 >= end && offset + 1 >= self.fetched_end(topic, partition) {
                 self.targets.remove(&key);
             }
         }
         if self.targets.is_empty() {
             self.caught_up = true;
         }
+    }
+
+    /// The high watermark of the last fetch response of a partition (a local
+    /// read of librdkafka's cache); `i64::MAX` before any fetch answered.
+    fn fetched_end(&self, topic: &str, partition: i32) -> i64 {
+        cached_high_watermark(&self.consumer, topic, partition).unwrap_or(i64::MAX)
     }
 
     /// Notes that a poll returned nothing. Some brokers (Tansu) report end
@@ -386,6 +396,31 @@ impl DimensionSource {
             self.caught_up = true;
         }
     }
+}
+
+/// The high watermark librdkafka cached from the last fetch response of a
+/// partition (`rd_kafka_get_watermark_offsets`: no request to the broker;
+/// rust-rdkafka does not wrap it). `None` before a fetch answered.
+#[allow(unsafe_code)]
+fn cached_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: `native_ptr` is the live rd_kafka_t handle owned by `consumer`,
+    // which the shared borrow keeps alive for the whole call; `topic` is a
+    // NUL-terminated string that outlives the call and librdkafka only reads
+    // it; `low` and `high` are valid, exclusive i64 out-pointers to locals.
+    // The function only reads librdkafka's partition state under its own lock.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 #[cfg(test)]
