@@ -11,26 +11,34 @@ usage: quix_peer.py BROKERS TOPIC_PREFIX CONSUMER_GROUP STATE_DIR
 import json
 import sys
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from quixstreams import Application
 
 brokers, prefix, group, state_dir = sys.argv[1:5]
 
 # The dimension, read to its end first (kaflowsql does the same before any output).
+# The end is where the fetch reports end-of-partition: Tansu answers ListOffsets
+# (get_watermark_offsets) with a wrong, too small high watermark (the base
+# offset of the last batch + 1), so stopping there would load only part of it.
 devices = {}
-c = Consumer({"bootstrap.servers": brokers, "group.id": group + "-dims", "enable.auto.commit": False})
-tp = TopicPartition(prefix + "device_metadata", 0, 0)
-_, high = c.get_watermark_offsets(tp, timeout=10)
-c.assign([tp])
-position = 0
+c = Consumer({
+    "bootstrap.servers": brokers,
+    "group.id": group + "-dims",
+    "enable.auto.commit": False,
+    "enable.partition.eof": True,
+})
+c.assign([TopicPartition(prefix + "device_metadata", 0, 0)])
 idle = 0
-while position < high and idle < 20:
+while idle < 100:  # 10 s without a record or end-of-partition: give up waiting
     msg = c.poll(0.1)
-    if msg is None or msg.error():
+    if msg is None:
         idle += 1
         continue
+    if msg.error():
+        if msg.error().code() == KafkaError._PARTITION_EOF:
+            break
+        raise SystemExit(f"dimension read failed: {msg.error()}")
     idle = 0
-    position = msg.offset() + 1
     meta = json.loads(msg.value())
     devices[meta["device_id"]] = meta
 c.close()
