@@ -20,7 +20,7 @@ use criterion::{criterion_group, Criterion, Throughput};
 use kaflowsql::codec::TopicSchema;
 use kaflowsql::config::Pipeline;
 use kaflowsql::engine::{Engine, Outputs, SourceRecord};
-use kaflowsql::telemetry::PipelineMetrics;
+use kaflowsql::telemetry::{PipelineMetrics, Registry};
 
 /// The same allocator as the `kaflowsql` binary.
 #[global_allocator]
@@ -220,12 +220,16 @@ fn benches(c: &mut Criterion) {
 
     // The same with metrics recorded as `kaflowsql run` records them (sampled
     // lookup timing, counters and histograms after every batch).
-    let metrics = PipelineMetrics::new("bench");
+    // Histogram samples are folded into buckets between iterations, as the
+    // HTTP server's upkeep does every second.
+    let registry = Registry::new();
+    let metrics = registry.pipeline("bench");
     group.bench_function("simple_enrichment_with_metrics", |b| {
         b.iter_batched_ref(
             || {
-                let engine = loaded_engine(&simple, &dims)
-                    .with_lookup_timing(metrics.join_lookup_duration.clone());
+                registry.upkeep();
+                let engine =
+                    loaded_engine(&simple, &dims).with_lookup_timing(metrics.lookup_histogram());
                 (engine, Outputs::default())
             },
             |(engine, out)| feed(engine, &events, out, Some(&metrics)),
@@ -300,14 +304,16 @@ criterion_group!(engine_benches, benches);
 fn once(mode: &str) {
     let (dims, events) = simple_records();
     let simple = simple_pipeline();
-    let metrics = PipelineMetrics::new("bench");
+    let registry = Registry::new();
+    let metrics = registry.pipeline("bench");
     let mut engine = loaded_engine(&simple, &dims);
     let mut out = Outputs::default();
     match mode {
         "plain" => feed(&mut engine, &events, &mut out, None),
         "metrics" => {
-            let mut engine = engine.with_lookup_timing(metrics.join_lookup_duration.clone());
+            let mut engine = engine.with_lookup_timing(metrics.lookup_histogram());
             feed(&mut engine, &events, &mut out, Some(&metrics));
+            registry.upkeep();
         }
         _ => {}
     }

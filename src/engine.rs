@@ -228,7 +228,7 @@ pub struct Engine {
     since_sweep: u32,
     probes: Vec<Probe>,
     scratch: Scratch,
-    lookup_timing: Option<Arc<crate::telemetry::Histogram>>,
+    lookup_timing: Option<metrics::Histogram>,
     enumerations: u64,
     ids: Vec<HeldId>,
     key_buf: Vec<u8>,
@@ -391,7 +391,7 @@ impl Engine {
 
     /// Records state lookup latency into `histogram`, timing one enumeration in
     /// 64 (the clock is not read per lookup on the hot path).
-    pub fn with_lookup_timing(mut self, histogram: Arc<crate::telemetry::Histogram>) -> Self {
+    pub fn with_lookup_timing(mut self, histogram: metrics::Histogram) -> Self {
         self.lookup_timing = Some(histogram);
         self
     }
@@ -863,7 +863,7 @@ impl Engine {
         if let (Some(t), Some(h)) = (started, &self.lookup_timing) {
             let lookups = self.stats.lookups.lookups - lookups_before;
             if lookups > 0 {
-                h.observe_n(t.elapsed().as_secs_f64() / lookups as f64, lookups);
+                h.record_many(t.elapsed().as_secs_f64() / lookups as f64, lookups as usize);
             }
         }
         if let GroupKind::Smart(id) = kind {

@@ -11,7 +11,9 @@ use std::process::Command;
 use kaflowsql::config::{GlobalConfig, Pipeline};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
 }
 
 fn tool(name: &str) -> PathBuf {

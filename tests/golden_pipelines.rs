@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use kaflowsql::config::Pipeline;
@@ -12,7 +12,10 @@ use kaflowsql::engine::Engine;
 use kaflowsql::testing::{compare, read_expected, read_input, run};
 
 fn pipelines() -> Vec<(PathBuf, PathBuf)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let root = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("pipelines");
     let mut found: Vec<(PathBuf, PathBuf)> = std::fs::read_dir(&root)
         .unwrap()
         .filter_map(|e| {
@@ -61,7 +64,7 @@ fn every_pipeline_has_fixtures_and_matches_them_at_any_batch_size() {
 fn kaflowsql(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kaflowsql"))
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
         .output()
         .unwrap()
 }

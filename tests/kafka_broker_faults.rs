@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::mocking::MockCluster;
@@ -18,7 +17,9 @@ use support::{localize, producer_on, read_topic_from, unique, Kaflowsql};
 fn the_pipeline_waits_out_a_broker_outage_and_loses_nothing() {
     let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let suffix = unique("fault").replace('-', "_");
     let (local, renames) = localize(&root.join("pipelines/trades.yaml"), dir.path(), &suffix);

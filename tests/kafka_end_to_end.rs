@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use kaflowsql::config::Pipeline;
@@ -18,7 +17,9 @@ use support::{create_topics, localize, producer, read_topic, require_broker, uni
 
 fn end_to_end(name: &str) {
     require_broker();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let file = root.join("pipelines").join(format!("{name}.yaml"));
     let fixtures = root.join("pipelines/fixtures").join(name);
     let input = read_input(&fixtures.join("input.jsonl")).unwrap();

@@ -7,16 +7,17 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pprof::protos::Message;
-use support::{create_topics, localize, producer, require_broker, unique, Kaflowsql};
+use support::{create_topics, localize, producer, require_broker, unique, Kaflowsql, Prometheus};
 
 #[test]
 fn metrics_readiness_and_cpu_profile() {
     require_broker();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let suffix = unique("obs").replace('-', "_");
     let (local, renames) = localize(&root.join("pipelines/trades.yaml"), dir.path(), &suffix);
@@ -27,6 +28,8 @@ fn metrics_readiness_and_cpu_profile() {
         (&renames["enriched_trades"], 1),
     ]);
     let k = Kaflowsql::spawn(dir.path(), &[&local]);
+    // A real Prometheus scrapes it every second: the guide's PromQL runs on that.
+    let prometheus = Prometheus::scraping(k.port);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         k.get("/readyz").unwrap().0,
@@ -187,5 +190,113 @@ fn metrics_readiness_and_cpu_profile() {
         "lookup latency is sampled"
     );
 
+    // The guide's queries, on Prometheus (after one more scrape).
+    std::thread::sleep(Duration::from_secs(3));
+    let p99 = prometheus.value(
+        "histogram_quantile(0.99, sum by (pipeline, le) (rate(kaflowsql_processing_duration_histogram_bucket[5m])))",
+    );
+    assert!(p99 > 0.0 && p99 <= 10.0, "p99 {p99} s");
+    let rate = prometheus.value("rate(kaflowsql_events_processed_total[5m])");
+    assert!(rate > 0.0, "rate {rate}");
+    let lookups = prometheus.value(
+        "histogram_quantile(0.5, sum by (le) (rate(kaflowsql_join_lookup_duration_bucket[5m])))",
+    );
+    assert!(lookups > 0.0 && lookups < 1.0, "lookup p50 {lookups} s");
+    let hit = prometheus.value("kaflowsql_join_hit_rate");
+    assert!((hit - 0.95).abs() < 0.001, "hit rate on Prometheus {hit}");
+    eprintln!("prometheus: p99 {p99} s, rate {rate:.0}/s, lookup p50 {lookups} s, hit rate {hit}");
+
+    assert!(k.terminate().success());
+}
+
+/// A dimension written in many batches is read to its real end before any
+/// output, whatever end offset the broker lists (Tansu 0.6 lists the last
+/// batch's base offset + 1): every trade of a preloaded backlog finds its
+/// symbol, including symbols from the last batches.
+#[test]
+fn dimensions_are_read_to_their_end_before_any_output() {
+    require_broker();
+    let root = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let suffix = unique("dimend").replace('-', "_");
+    let (local, renames) = localize(&root.join("pipelines/trades.yaml"), dir.path(), &suffix);
+    create_topics(&[
+        (&renames["trades"], 1),
+        (&renames["dim_symbols"], 1),
+        (&renames["dim_traders"], 1),
+        (&renames["enriched_trades"], 1),
+    ]);
+    let p = producer();
+    let symbols = 20_000;
+    for s in 0..symbols {
+        let v = format!(r#"{{"symbol":"S{s}","name":"Company {s}","sector":"Tech"}}"#);
+        p.send(
+            &renames["dim_symbols"],
+            None,
+            Some(format!("S{s}").as_bytes()),
+            Some(v.as_bytes()),
+            1_000,
+        );
+        // Separate produce requests: many batches in the partition.
+        if s % 500 == 499 {
+            p.flush();
+        }
+    }
+    let v = r#"{"trader_id":"T0","desk":"D","region":"EU"}"#;
+    p.send(
+        &renames["dim_traders"],
+        None,
+        Some(b"T0"),
+        Some(v.as_bytes()),
+        1_000,
+    );
+    // Trades on the last symbols written, preloaded before kaflowsql starts.
+    let trades = 1_000;
+    for i in 0..trades {
+        let symbol = format!("S{}", symbols - 1 - i);
+        let v = format!(
+            r#"{{"trade_id":{i},"symbol":"{symbol}","trader_id":"T0","qty":1,"price":2.5}}"#
+        );
+        p.send(
+            &renames["trades"],
+            Some(0),
+            Some(symbol.as_bytes()),
+            Some(v.as_bytes()),
+            2_000 + i as i64,
+        );
+    }
+    p.flush();
+    // Static partitions: no group join delay for the dimensions to hide behind.
+    let k = Kaflowsql::start(dir.path(), &[&local], &["--partition", "0"]);
+    // Ready means every dimension record was read (before the event streams).
+    let log = k.log_text();
+    let loaded = log
+        .lines()
+        .find(|l| l.contains("Dimensions loaded."))
+        .unwrap_or_default();
+    assert!(
+        loaded.contains(&format!("records={}", symbols + 1)),
+        "{loaded}"
+    );
+    let out = support::read_topic(
+        &renames["enriched_trades"],
+        trades,
+        Duration::from_secs(1),
+        Duration::from_secs(90),
+    );
+    assert_eq!(out.len(), trades, "one output per trade");
+    let unenriched: Vec<String> = out
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).to_string())
+        .filter(|v| !v.contains("\"company\":\"Company "))
+        .collect();
+    assert!(
+        unenriched.is_empty(),
+        "{} of {trades} trades left without their symbol, e.g. {:?}",
+        unenriched.len(),
+        unenriched.first()
+    );
     assert!(k.terminate().success());
 }

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kaflowsql::config::{ByteSize, Pipeline, RocksDbConfig, StateConfig};
@@ -17,8 +17,10 @@ use kaflowsql::engine::{Engine, Outputs, RestoreReport, SourceRecord};
 use kaflowsql::store::{StateDb, StoreError};
 use kaflowsql::testing::{output_line, run, Recorded};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+fn root() -> PathBuf {
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
 }
 
 fn pipeline(name: &str) -> Pipeline {

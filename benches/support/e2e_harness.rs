@@ -324,9 +324,13 @@ fn passthrough(
 }
 
 fn start_kaflowsql(bin: &Path, dir: &Path, prefix: &str, port: u16) -> Child {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/iot.yaml"))
-            .unwrap();
+    let text = std::fs::read_to_string(
+        std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+        )
+        .join("pipelines/iot.yaml"),
+    )
+    .unwrap();
     let text = text
         .replace(
             "name: enriched_sensor_readings",
@@ -462,7 +466,10 @@ pub fn run(settings: Settings, kaflowsql: &Path) -> Report {
     );
 
     // Max throughput: the Quix Streams peer, same data.
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".deps/venv/bin/python");
+    let python = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join(".deps/venv/bin/python");
     if settings.peer && python.exists() {
         let pq = format!("{run}peer_");
         create(&[
@@ -474,7 +481,10 @@ pub fn run(settings: Settings, kaflowsql: &Path) -> Report {
         let expected = (0..events)
             .filter(|&i| ((i * 7919) % DEVICES) < DEVICES * 3 / 4)
             .count() as u64;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/support/quix_peer.py");
+        let script = std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+        )
+        .join("benches/support/quix_peer.py");
         let state = dir.path().join("quix-state");
         let child = Command::new(&python)
             .arg(&script)

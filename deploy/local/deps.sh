@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need on a fresh Debian machine:
 #   - apt: cmake and the libcurl headers (bundled librdkafka), libclang (bindgen
-#     for the bundled RocksDB)
+#     for the bundled RocksDB), prometheus (promtool and the server, for tests)
 #   - DuckDB 1.5.6 as a prebuilt libduckdb.so (from the npm package
 #     @duckdb/node-bindings-linux-x64) into .deps/duckdb-1.5.6; building DuckDB
 #     from source takes 33 minutes on two cores
@@ -23,6 +23,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# Prometheus 2.42 with promtool: the tests check the alert rules and the
+# /metrics exposition with promtool and run the guide's PromQL on a real
+# Prometheus scraping kaflowsql (its service is not started).
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "deps: apt-get install prometheus (promtool)"
+  export DEBIAN_FRONTEND=noninteractive
+  [ ${#need_apt[@]} -gt 0 ] || apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 duck="$deps/duckdb-1.5.6"

@@ -87,6 +87,15 @@ pub fn serve(listener: std::net::TcpListener, registry: Arc<Registry>) -> std::i
         .name("kaflowsql-http".into())
         .spawn(move || {
             runtime.block_on(async move {
+                // Histogram samples are folded into buckets between scrapes too.
+                let upkeep = registry.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(super::UPKEEP_INTERVAL);
+                    loop {
+                        tick.tick().await;
+                        upkeep.upkeep();
+                    }
+                });
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(error) => return warn!(%error, "Cannot serve HTTP."),

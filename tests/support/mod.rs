@@ -237,6 +237,20 @@ pub fn read_topic_from(
     out
 }
 
+/// GET `path` from 127.0.0.1:`port` (HTTP/1.0: the reply is not chunked);
+/// (status, raw body bytes).
+pub fn http_get(port: u16, path: &str, timeout: Duration) -> Option<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, raw[split + 4..].to_vec()))
+}
+
 /// A free port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -413,38 +427,13 @@ impl Kaflowsql {
 
     /// GET a path; (status, raw body bytes).
     pub fn get_bytes(&self, path: &str, timeout: Duration) -> Option<(u16, Vec<u8>)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(timeout)).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).ok()?;
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, raw[split + 4..].to_vec()))
+        http_get(self.port, path, timeout)
     }
 
     /// GET a path; (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Some((status, body))
+        let (status, body) = http_get(self.port, path, Duration::from_secs(5))?;
+        Some((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
     /// The value of a metric of the scrape (summed over label sets).
@@ -502,6 +491,92 @@ impl Kaflowsql {
 }
 
 impl Drop for Kaflowsql {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Prometheus server (Debian's `prometheus`, installed by deps.sh)
+/// scraping one kaflowsql every second, to run the guide's PromQL on what
+/// kaflowsql exports.
+pub struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts scraping 127.0.0.1:`target` and waits until it serves queries.
+    pub fn scraping(target: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kaflowsql\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus is installed (deploy/local/deps.sh)");
+        let p = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(p.port, "/-/ready", Duration::from_secs(1)).is_none_or(|(s, _)| s != 200) {
+            assert!(Instant::now() < deadline, "prometheus did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    /// The `data.result` of an instant query.
+    pub fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let encoded: String = expr
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = http_get(
+            self.port,
+            &format!("/api/v1/query?query={encoded}"),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, 200, "{expr}: {doc}");
+        doc["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The single value of an instant query's result (panics unless exactly one).
+    pub fn value(&self, expr: &str) -> f64 {
+        let result = self.query(expr);
+        assert_eq!(result.len(), 1, "{expr}: {result:?}");
+        result[0]["value"][1].as_str().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
