@@ -1,10 +1,12 @@
-//! End-to-end benchmark through the local broker: the IoT enrichment against
-//! a passthrough copy measured in the same run (see `support/e2e_harness.rs`).
+//! End-to-end benchmark through the local broker: every shipped pipeline
+//! against a passthrough copy measured in the same run, the IoT one against a
+//! Quix Streams peer too (see `support/e2e_harness.rs`).
 //!
 //! Run: `deploy/local/broker.sh restart && cargo bench --bench e2e [-- --compare previous.json]`
-//! (`E2E_EVENTS`, `E2E_RATE`, `E2E_SECONDS` change the sizes; `E2E_PEER=1`
-//! adds the Quix Streams peer, which needs `pip install quixstreams==3.28.1`
-//! into `.deps/venv`). Writes
+//! (`E2E_EVENTS` stream records per scenario, `E2E_SCENARIOS=iot,trades,...`,
+//! `E2E_RATE`/`E2E_SECONDS` for the fixed-rate mode, `E2E_BURST_BASE`/
+//! `E2E_BURST_SECONDS` for the burst; `E2E_PEER=0` skips the peer, which
+//! needs quixstreams 3.28.1 in `.deps/venv`, installed by deploy/local/deps.sh). Writes
 //! `<target>/bench/e2e.json` and `e2e.md`; exits non-zero when outputs are
 //! missing or, with `--compare`, when throughput or p99 regressed by more than 10%.
 
@@ -33,12 +35,15 @@ fn main() {
         events: env_or("E2E_EVENTS", 200_000),
         rate: env_or("E2E_RATE", 10_000),
         seconds: env_or("E2E_SECONDS", 5),
-        // The Quix Streams peer is off by default: on Tansu 0.6.0 it does not
-        // complete (see docs/performance.md). E2E_PEER=1 runs it.
-        peer: std::env::var("E2E_PEER").is_ok_and(|v| v == "1"),
+        burst_base: env_or("E2E_BURST_BASE", 1_000),
+        burst_seconds: env_or("E2E_BURST_SECONDS", 3),
+        peer: std::env::var("E2E_PEER").map_or(true, |v| v != "0"),
+        scenarios: std::env::var("E2E_SCENARIOS")
+            .map(|v| v.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
     };
     let report = harness::run(
-        settings,
+        &settings,
         std::path::Path::new(env!("CARGO_BIN_EXE_kaflowsql")),
     );
     let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))

@@ -1,6 +1,7 @@
 //! A tiny run of the end-to-end benchmark harness (no speed assertion), so the
-//! harness keeps working: both modes complete, every expected output arrives,
-//! the reports render, and a report compared with itself shows no regression.
+//! harness keeps working: every scenario, the fixed-rate and burst modes
+//! complete, every expected output arrives, the reports render, and a report
+//! compared with itself shows no regression.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,34 +11,58 @@ mod harness;
 mod support;
 
 #[test]
-fn the_e2e_harness_runs_end_to_end_on_tiny_counts() {
+fn the_e2e_harness_runs_every_scenario_on_tiny_counts() {
     support::require_broker();
     let settings = harness::Settings {
-        events: 3_000,
+        events: 2_000,
         rate: 500,
         seconds: 2,
+        burst_base: 100,
+        burst_seconds: 1,
         peer: false,
+        scenarios: Vec::new(),
     };
     let report = harness::run(
-        settings,
+        &settings,
         std::path::Path::new(env!("CARGO_BIN_EXE_kaflowsql")),
     );
     assert!(report.complete(), "{report:?}");
-    assert!(report.baseline_events_per_s > 0.0 && report.kaflowsql_events_per_s > 0.0);
-    assert!(report.peak_rss_mb > 0.0);
+    let names: Vec<&str> = report
+        .throughput
+        .iter()
+        .map(|t| t.scenario.as_str())
+        .collect();
+    assert_eq!(names, ["iot", "trades", "orders", "user-events"]);
+    for t in &report.throughput {
+        assert!(t.expected_outputs > 0, "{t:?}");
+        assert!(
+            t.baseline_events_per_s > 0.0 && t.kaflowsql_events_per_s > 0.0,
+            "{t:?}"
+        );
+        assert!(t.peak_rss_mb > 0.0, "{t:?}");
+    }
+    // The data's hit rates: 75% of devices known; symbols 90% and traders all.
+    assert!((report.throughput[0].join_hit_rate - 0.75).abs() < 0.02);
+    assert!((report.throughput[1].join_hit_rate - 0.95).abs() < 0.02);
+    let burst = report.burst.as_ref().unwrap();
+    assert_eq!(burst.burst_rate, 1_000);
+    assert!(burst.kaflowsql_recovery_s >= 0.0 && burst.kaflowsql_ms[2] > 0.0);
     let json = report.to_json();
-    assert_eq!(
-        json["max_throughput"]["expected_outputs"],
-        report.expected_outputs
-    );
-    assert!(report.to_markdown().contains("| iot | max throughput"));
+    assert_eq!(json["max_throughput"].as_array().unwrap().len(), 4);
+    assert!(report
+        .to_markdown()
+        .contains("| trades | high-dimensional join |"));
     assert!(harness::regressions(&json, &json).is_empty());
-    let mut slower = json.clone();
-    slower["max_throughput"]["kaflowsql_events_per_s"] =
-        serde_json::json!(report.kaflowsql_events_per_s * 2.0);
+    let mut faster = json.clone();
+    faster["max_throughput"][1]["kaflowsql_events_per_s"] =
+        serde_json::json!(report.throughput[1].kaflowsql_events_per_s * 2.0);
     assert_eq!(
-        harness::regressions(&json, &slower).len(),
-        1,
+        harness::regressions(&json, &faster),
+        [format!(
+            "trades: throughput fell 50% ({:.0} -> {:.0} events/s)",
+            report.throughput[1].kaflowsql_events_per_s * 2.0,
+            report.throughput[1].kaflowsql_events_per_s
+        )],
         "a 50% drop is flagged"
     );
 }

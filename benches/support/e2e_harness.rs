@@ -1,14 +1,19 @@
 //! End-to-end benchmark through the local broker (Tansu, started by
-//! `deploy/local/broker.sh`): the IoT enrichment pipeline (`pipelines/iot.yaml`,
-//! sensor readings joined with device metadata) against a passthrough
-//! baseline measured in the same run (a minimal rdkafka consumer → producer
-//! copying the driving topic, no parsing).
+//! `deploy/local/broker.sh`): every scenario of `e2e_scenarios.rs` (one per
+//! shipped pipeline) against a passthrough baseline measured in the same run
+//! (a minimal rdkafka consumer → producer copying the event-stream topics,
+//! no parsing), and the IoT scenario against a Quix Streams peer.
 //!
-//! Two modes, each bounded in count and time:
-//! - max throughput: N readings preloaded, then drained; events/s from the
-//!   first to the last output arrival, peak RSS of the kaflowsql process;
-//! - fixed rate: readings produced at R/s for S seconds; per-event latency
-//!   from production to the output's arrival at a consumer (p50/p95/p99).
+//! Modes, each bounded in count and time:
+//! - max throughput: N stream records preloaded, then drained; input
+//!   events/s from the first to the last output's arrival, peak RSS and join
+//!   hit rate of the kaflowsql process, outputs checked against the count the
+//!   data must give;
+//! - fixed rate (IoT): events produced at R/s for S seconds; per-event
+//!   latency from production to the output's arrival (p50/p95/p99);
+//! - burst (trades, 12 partitions): a steady 1,000/s with a burst at 10× for
+//!   a few seconds; latency p99 and how long after the burst the pipeline is
+//!   caught up (the last burst event's output arrives).
 //!
 //! Shared by `benches/e2e.rs` (the benchmark) and `tests/e2e_smoke.rs` (a
 //! tiny run in the test suite, so the harness keeps working). Broker,
@@ -16,9 +21,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, dead_code)]
 
+#[path = "e2e_scenarios.rs"]
+pub mod scenarios;
+
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -28,128 +38,253 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use scenarios::{Rec, Scenario};
+
 const BROKERS: &str = "127.0.0.1:9092";
 
 /// Sizes of one harness run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
-    /// Readings preloaded for the max-throughput mode.
+    /// Event-stream records preloaded per scenario for max throughput.
     pub events: u64,
-    /// Readings per second in the fixed-rate mode.
+    /// Events per second in the fixed-rate mode.
     pub rate: u64,
     /// Seconds of the fixed-rate mode.
     pub seconds: u64,
+    /// Steady rate of the burst mode (the burst is 10× this).
+    pub burst_base: u64,
+    /// Seconds of the burst.
+    pub burst_seconds: u64,
     /// Also run the Quix Streams peer (needs quixstreams in .deps/venv).
     pub peer: bool,
+    /// Scenarios to run (names; empty: all).
+    pub scenarios: Vec<String>,
+}
+
+/// Max-throughput figures of one scenario.
+#[derive(Clone, Debug, Default)]
+pub struct Throughput {
+    pub scenario: String,
+    pub guide_row: String,
+    pub description: String,
+    /// Event-stream records (input events).
+    pub events: u64,
+    pub baseline_events_per_s: f64,
+    pub kaflowsql_events_per_s: f64,
+    pub outputs: u64,
+    pub expected_outputs: u64,
+    pub peak_rss_mb: f64,
+    pub join_hit_rate: f64,
+    /// The Quix Streams peer (None when not run or failed).
+    pub peer_events_per_s: Option<f64>,
+    pub peer_outputs: Option<u64>,
+}
+
+impl Throughput {
+    pub fn ratio_to_baseline(&self) -> f64 {
+        self.kaflowsql_events_per_s / self.baseline_events_per_s.max(1.0)
+    }
+    pub fn complete(&self) -> bool {
+        self.outputs == self.expected_outputs
+            && self.peer_outputs.is_none_or(|p| p == self.expected_outputs)
+    }
+}
+
+/// Latency of a fixed-rate or burst run, baseline and kaflowsql.
+#[derive(Clone, Debug, Default)]
+pub struct Latency {
+    pub scenario: String,
+    pub rate: u64,
+    pub seconds: u64,
+    /// Burst rate (burst mode only).
+    pub burst_rate: u64,
+    pub baseline_ms: [f64; 3],
+    pub kaflowsql_ms: [f64; 3],
+    /// Seconds from the burst's end until the last burst event's output
+    /// arrived (burst mode only).
+    pub baseline_recovery_s: f64,
+    pub kaflowsql_recovery_s: f64,
+    pub outputs: u64,
+    pub expected_outputs: u64,
+}
+
+impl Latency {
+    fn json(&self) -> serde_json::Value {
+        let q = |v: &[f64; 3]| serde_json::json!({"p50": v[0], "p95": v[1], "p99": v[2]});
+        serde_json::json!({
+            "scenario": self.scenario,
+            "rate": self.rate,
+            "seconds": self.seconds,
+            "burst_rate": self.burst_rate,
+            "baseline_ms": q(&self.baseline_ms),
+            "kaflowsql_ms": q(&self.kaflowsql_ms),
+            "baseline_recovery_s": self.baseline_recovery_s,
+            "kaflowsql_recovery_s": self.kaflowsql_recovery_s,
+            "outputs": self.outputs,
+            "expected_outputs": self.expected_outputs,
+        })
+    }
 }
 
 /// What one harness run measured.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
-    pub events: u64,
-    pub baseline_events_per_s: f64,
-    pub kaflowsql_events_per_s: f64,
-    pub ratio_to_baseline: f64,
-    pub outputs: u64,
-    pub expected_outputs: u64,
-    pub peak_rss_mb: f64,
-    /// The Quix Streams peer, max throughput (None when not run).
-    pub peer_events_per_s: Option<f64>,
-    pub rate: u64,
-    pub seconds: u64,
-    pub baseline_latency_ms: [f64; 3],
-    pub kaflowsql_latency_ms: [f64; 3],
-    pub fixed_rate_outputs: u64,
-    pub fixed_rate_expected: u64,
+    pub throughput: Vec<Throughput>,
+    pub fixed_rate: Option<Latency>,
+    pub burst: Option<Latency>,
 }
 
 impl Report {
     /// True when no expected output is missing (a run that lost rows failed).
     pub fn complete(&self) -> bool {
-        self.outputs == self.expected_outputs && self.fixed_rate_outputs == self.fixed_rate_expected
+        self.throughput.iter().all(Throughput::complete)
+            && [&self.fixed_rate, &self.burst]
+                .into_iter()
+                .flatten()
+                .all(|l| l.outputs == l.expected_outputs)
     }
 
     pub fn to_json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .throughput
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "scenario": t.scenario,
+                    "guide_row": t.guide_row,
+                    "description": t.description,
+                    "events": t.events,
+                    "baseline_events_per_s": t.baseline_events_per_s,
+                    "kaflowsql_events_per_s": t.kaflowsql_events_per_s,
+                    "ratio_to_baseline": t.ratio_to_baseline(),
+                    "outputs": t.outputs,
+                    "expected_outputs": t.expected_outputs,
+                    "peak_rss_mb": t.peak_rss_mb,
+                    "join_hit_rate": t.join_hit_rate,
+                    "peer_quixstreams_events_per_s": t.peer_events_per_s,
+                    "peer_outputs": t.peer_outputs,
+                    "ratio_to_peer": t.peer_events_per_s.map(|p| t.kaflowsql_events_per_s / p.max(1.0)),
+                })
+            })
+            .collect();
         serde_json::json!({
-            "scenario": "iot",
-            "machine": "2 cores shared by broker, generator, pipeline and reader",
-            "max_throughput": {
-                "events": self.events,
-                "baseline_events_per_s": self.baseline_events_per_s,
-                "kaflowsql_events_per_s": self.kaflowsql_events_per_s,
-                "ratio_to_baseline": self.ratio_to_baseline,
-                "outputs": self.outputs,
-                "expected_outputs": self.expected_outputs,
-                "peak_rss_mb": self.peak_rss_mb,
-                "peer_quixstreams_events_per_s": self.peer_events_per_s,
-                "ratio_to_peer": self.peer_events_per_s.map(|p| self.kaflowsql_events_per_s / p.max(1.0)),
-            },
-            "fixed_rate": {
-                "rate": self.rate,
-                "seconds": self.seconds,
-                "outputs": self.fixed_rate_outputs,
-                "expected_outputs": self.fixed_rate_expected,
-                "baseline_ms": {"p50": self.baseline_latency_ms[0], "p95": self.baseline_latency_ms[1], "p99": self.baseline_latency_ms[2]},
-                "kaflowsql_ms": {"p50": self.kaflowsql_latency_ms[0], "p95": self.kaflowsql_latency_ms[1], "p99": self.kaflowsql_latency_ms[2]},
-            },
+            "machine": format!("{} cores shared by broker (Tansu 0.6.0), generator, pipeline and reader", std::thread::available_parallelism().map_or(0, |n| n.get())),
+            "max_throughput": rows,
+            "fixed_rate": self.fixed_rate.as_ref().map(Latency::json),
+            "burst": self.burst.as_ref().map(Latency::json),
             "complete": self.complete(),
         })
     }
 
     pub fn to_markdown(&self) -> String {
-        let b = &self.baseline_latency_ms;
-        let k = &self.kaflowsql_latency_ms;
-        format!(
-            "| scenario | mode | passthrough baseline | kaflowsql | ratio |\n|---|---|---|---|---|\n\
-             | iot | max throughput, {} events | {:.0} events/s | {:.0} events/s ({} of {} outputs, peak RSS {:.0} MB) | {:.2} |\n\
-             | iot | fixed {}/s for {} s, p50/p95/p99 | {:.2} / {:.2} / {:.2} ms | {:.2} / {:.2} / {:.2} ms | |\n",
-            self.events, self.baseline_events_per_s, self.kaflowsql_events_per_s, self.outputs, self.expected_outputs,
-            self.peak_rss_mb, self.ratio_to_baseline, self.rate, self.seconds, b[0], b[1], b[2], k[0], k[1], k[2]
-        ) + &match self.peer_events_per_s {
-            Some(p) => format!(
-                "| iot | max throughput, peer (Quix Streams) | | {p:.0} events/s | kaflowsql / peer = {:.1} |\n",
-                self.kaflowsql_events_per_s / p.max(1.0)
-            ),
-            None => String::new(),
+        let mut md = String::from(
+            "| scenario | guide row | events | passthrough | kaflowsql | ratio | outputs | peak RSS | hit rate |\n|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for t in &self.throughput {
+            md += &format!(
+                "| {} | {} | {} | {:.0} ev/s | {:.0} ev/s | **{:.2}** | {} of {}{} | {:.0} MB | {:.3} |\n",
+                t.scenario,
+                t.guide_row,
+                t.events,
+                t.baseline_events_per_s,
+                t.kaflowsql_events_per_s,
+                t.ratio_to_baseline(),
+                t.outputs,
+                t.expected_outputs,
+                if t.outputs == t.expected_outputs { "" } else { " FAILED" },
+                t.peak_rss_mb,
+                t.join_hit_rate
+            );
         }
+        for t in &self.throughput {
+            match (t.peer_events_per_s, t.peer_outputs) {
+                (Some(p), _) => {
+                    md += &format!(
+                        "\nPeer (Quix Streams), {}: {p:.0} ev/s; kaflowsql / peer = **{:.1}**\n",
+                        t.scenario,
+                        t.kaflowsql_events_per_s / p.max(1.0)
+                    )
+                }
+                (None, Some(n)) => {
+                    md += &format!(
+                        "\nPeer (Quix Streams), {}: FAILED ({n} of {} outputs)\n",
+                        t.scenario, t.expected_outputs
+                    )
+                }
+                _ => {}
+            }
+        }
+        for l in [&self.fixed_rate, &self.burst].into_iter().flatten() {
+            let (b, k) = (&l.baseline_ms, &l.kaflowsql_ms);
+            let mode = if l.burst_rate > 0 {
+                format!(
+                    "{}/s with a {} s burst at {}/s",
+                    l.rate, l.seconds, l.burst_rate
+                )
+            } else {
+                format!("fixed {}/s for {} s", l.rate, l.seconds)
+            };
+            md += &format!(
+                "\n{}, {mode}: latency production → arrival p50 / p95 / p99: passthrough {:.1} / {:.1} / {:.1} ms, kaflowsql {:.1} / {:.1} / {:.1} ms ({} of {} outputs)",
+                l.scenario, b[0], b[1], b[2], k[0], k[1], k[2], l.outputs, l.expected_outputs
+            );
+            if l.burst_rate > 0 {
+                md += &format!(
+                    "; caught up {:.2} s after the burst (passthrough {:.2} s)",
+                    l.kaflowsql_recovery_s, l.baseline_recovery_s
+                );
+            }
+            md += "\n";
+        }
+        md
     }
 }
 
 /// Regressions of more than 10% in throughput or p99 against a previous JSON report.
 pub fn regressions(current: &serde_json::Value, previous: &serde_json::Value) -> Vec<String> {
     let mut out = Vec::new();
-    let get = |v: &serde_json::Value, path: &[&str]| {
-        path.iter()
-            .try_fold(v, |v, k| v.get(k))
-            .and_then(|v| v.as_f64())
+    let rows = |v: &serde_json::Value| -> HashMap<String, f64> {
+        v["max_throughput"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| {
+                        Some((
+                            r["scenario"].as_str()?.to_string(),
+                            r["kaflowsql_events_per_s"].as_f64()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    let throughput = ["max_throughput", "kaflowsql_events_per_s"];
-    if let (Some(now), Some(before)) = (get(current, &throughput), get(previous, &throughput)) {
-        if now < before * 0.9 {
-            out.push(format!(
-                "throughput fell {:.0}% ({before:.0} -> {now:.0} events/s)",
-                (1.0 - now / before) * 100.0
-            ));
+    let before = rows(previous);
+    for (scenario, now) in rows(current) {
+        if let Some(&b) = before.get(&scenario) {
+            if now < b * 0.9 {
+                out.push(format!(
+                    "{scenario}: throughput fell {:.0}% ({b:.0} -> {now:.0} events/s)",
+                    (1.0 - now / b) * 100.0
+                ));
+            }
         }
     }
-    let p99 = ["fixed_rate", "kaflowsql_ms", "p99"];
-    if let (Some(now), Some(before)) = (get(current, &p99), get(previous, &p99)) {
-        if now > before * 1.1 {
-            out.push(format!(
-                "p99 latency rose {:.0}% ({before:.2} -> {now:.2} ms)",
-                (now / before - 1.0) * 100.0
-            ));
+    for mode in ["fixed_rate", "burst"] {
+        let p99 = |v: &serde_json::Value| v[mode]["kaflowsql_ms"]["p99"].as_f64();
+        if let (Some(now), Some(b)) = (p99(current), p99(previous)) {
+            if now > b * 1.1 {
+                out.push(format!(
+                    "{mode}: p99 latency rose {:.0}% ({b:.2} -> {now:.2} ms)",
+                    (now / b - 1.0) * 100.0
+                ));
+            }
         }
     }
     out
 }
-const DEVICES: u64 = 10_000;
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+fn root() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
 }
 
 fn now_ms() -> i64 {
@@ -159,21 +294,25 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn create(topics: &[&str]) {
+fn create(topics: &[(String, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
         .create()
         .unwrap();
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(admin.create_topics(&new, &AdminOptions::new()))
-        .unwrap();
+    for r in rt
+        .block_on(admin.create_topics(&new, &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
+    }
 }
 
 fn producer() -> BaseProducer {
@@ -202,89 +341,110 @@ fn send(p: &BaseProducer, topic: &str, key: &str, value: &str, ts: i64) {
     }
 }
 
-fn reading(i: u64) -> (String, String) {
-    let d = (i * 7919) % DEVICES;
-    (
-        format!("d{d}"),
-        format!(
-            r#"{{"device_id":"d{d}","temperature":{}.5,"humidity":{}}}"#,
-            i % 90,
-            i % 100
-        ),
-    )
+/// One run's topics: the scenario's names with a unique prefix.
+struct Topics {
+    prefix: String,
 }
 
-fn preload(prefix: &str, events: u64) {
+impl Topics {
+    fn name(&self, topic: &str) -> String {
+        format!("{}{topic}", self.prefix)
+    }
+
+    /// Creates the scenario's topics (and `extra` output topics).
+    fn create(&self, s: &Scenario, extra: &[&str]) {
+        let mut topics: Vec<(String, i32)> = s
+            .streams
+            .iter()
+            .chain(extra)
+            .chain([&s.output])
+            .map(|t| (self.name(t), s.partitions))
+            .collect();
+        topics.extend(s.dims.iter().map(|t| (self.name(t), 1)));
+        create(&topics);
+    }
+
+    fn produce(&self, p: &BaseProducer, records: &[Rec]) {
+        for r in records {
+            send(p, &self.name(r.topic), &r.key, &r.value, now_ms());
+        }
+    }
+}
+
+/// Dimensions, then the streams.
+fn preload(topics: &Topics, data: &scenarios::Data) {
     let p = producer();
-    for d in 0..DEVICES * 3 / 4 {
-        let v = format!(
-            r#"{{"device_id":"d{d}","location":"site-{}","model":"TX-{}","max_temp":{}}}"#,
-            d % 20,
-            d % 9,
-            40 + d % 50
-        );
-        send(
-            &p,
-            &format!("{prefix}device_metadata"),
-            &format!("d{d}"),
-            &v,
-            now_ms(),
-        );
-    }
-    for i in 0..events {
-        let (k, v) = reading(i);
-        send(&p, &format!("{prefix}sensor_readings"), &k, &v, now_ms());
-    }
+    topics.produce(&p, &data.dims);
+    topics.produce(&p, &data.streams);
     p.flush(Duration::from_secs(120)).unwrap();
 }
 
-/// Arrival instants of `count` records on `topic` (waits at most `timeout`),
-/// with the source offset header when present.
-fn arrivals(topic: &str, count: u64, timeout: Duration) -> Vec<(Instant, Option<i64>)> {
+fn consumer(group: &str, topics: &[String], partitions: i32) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
-        .set("group.id", format!("e2e-reader-{topic}"))
+        .set("group.id", group)
         .set("fetch.wait.max.ms", "5")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
+    for t in topics {
+        for p in 0..partitions {
+            tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+        }
+    }
     c.assign(&tpl).unwrap();
+    c
+}
+
+/// Arrival instants of `count` records on `topic` (waits at most `timeout`),
+/// with the driving event's id: `id_field` of the JSON value, or the source
+/// offset header.
+fn arrivals(
+    topic: &str,
+    partitions: i32,
+    id_field: Option<&str>,
+    count: u64,
+    timeout: Duration,
+) -> Vec<(Instant, Option<i64>)> {
+    let c = consumer(
+        &format!("e2e-reader-{topic}"),
+        &[topic.to_string()],
+        partitions,
+    );
     let deadline = Instant::now() + timeout;
     let mut out = Vec::with_capacity(count as usize);
     while (out.len() as u64) < count && Instant::now() < deadline {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            let offset = m.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "kaflowsql.source.offset")
-                    .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-            });
-            out.push((Instant::now(), offset));
+            let at = Instant::now();
+            let id = match id_field {
+                Some(f) => m
+                    .payload()
+                    .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+                    .and_then(|v| v.get(f)?.as_i64()),
+                None => m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "kaflowsql.source.offset")
+                        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                }),
+            };
+            out.push((at, id));
         }
     }
     out
 }
 
-/// The passthrough baseline: copies `from` to `to` without parsing.
+/// The passthrough baseline: copies every record of `from` (all partitions)
+/// to the same partition of `to` without parsing, with the source offset as
+/// a header, until `count` records or `stop`.
 fn passthrough(
-    from: &str,
-    to: &str,
+    from: Vec<String>,
+    to: String,
+    partitions: i32,
     count: u64,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
-    let (from, to) = (from.to_string(), to.to_string());
     std::thread::spawn(move || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", BROKERS)
-            .set("group.id", format!("e2e-passthrough-{from}"))
-            .set("fetch.wait.max.ms", "5")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&from, 0, Offset::Beginning)
-            .unwrap();
-        c.assign(&tpl).unwrap();
+        let c = consumer(&format!("e2e-passthrough-{to}"), &from, partitions);
         let p: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", BROKERS)
             .set("linger.ms", "1")
@@ -292,7 +452,7 @@ fn passthrough(
             .create()
             .unwrap();
         let mut n = 0;
-        while n < count && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        while n < count && !stop.load(Ordering::Relaxed) {
             if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
                 let offset = m.offset().to_string();
                 let headers =
@@ -302,6 +462,7 @@ fn passthrough(
                     });
                 let mut r = BaseRecord::<[u8], [u8]>::to(&to)
                     .payload(m.payload().unwrap_or_default())
+                    .partition(m.partition())
                     .headers(headers);
                 if let Some(k) = m.key() {
                     r = r.key(k);
@@ -323,57 +484,115 @@ fn passthrough(
     })
 }
 
-fn start_kaflowsql(bin: &Path, dir: &Path, prefix: &str, port: u16) -> Child {
-    let text = std::fs::read_to_string(
-        std::path::PathBuf::from(
-            std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-        )
-        .join("pipelines/iot.yaml"),
-    )
-    .unwrap();
-    let text = text
-        .replace(
-            "name: enriched_sensor_readings",
-            &format!("name: {prefix}iot"),
-        )
-        .replace(
-            "topic: enriched_sensor_readings",
-            &format!("topic: {prefix}enriched"),
-        )
-        .replace("sensor_readings", &format!("{prefix}sensor_readings"))
-        .replace("device_metadata", &format!("{prefix}device_metadata"));
-    let pipeline = dir.join("iot.yaml");
-    std::fs::write(&pipeline, text).unwrap();
-    let config = dir.join("kaflowsql.yaml");
-    std::fs::write(
-        &config,
-        format!("kafka:\n  brokers: {BROKERS}\n  consumer:\n    fetchMaxWait: 5\n    maxPollRecords: 4096\n  producer:\n    lingerMs: 1\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\nstate:\n  rocksdb:\n    path: {state}\n", state = dir.join("state").display()),
-    )
-    .unwrap();
-    Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg(&pipeline)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// Replaces whole words (identifiers) of `text` found in `names`.
+fn rename_words(text: &str, names: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(names.get(word.as_str()).unwrap_or(word));
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
-fn peak_rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+/// A running kaflowsql on the scenario's pipeline with the run's topics.
+struct Kaflowsql {
+    child: Child,
+    port: u16,
 }
 
+impl Kaflowsql {
+    fn start(bin: &Path, dir: &Path, s: &Scenario, topics: &Topics) -> Self {
+        let text = std::fs::read_to_string(root().join("pipelines").join(s.pipeline)).unwrap();
+        let mut names: HashMap<String, String> = s
+            .streams
+            .iter()
+            .chain(s.dims)
+            .chain([&s.output])
+            .map(|t| (t.to_string(), topics.name(t)))
+            .collect();
+        // The pipeline's name is its own word (`name: ...`); a prefix keeps
+        // consumer groups and state apart between runs.
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        names.insert(name.clone(), format!("{}{name}", topics.prefix));
+        let pipeline = dir.join(format!("{}{}", topics.prefix, s.pipeline));
+        std::fs::write(&pipeline, rename_words(&text, &names)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join(format!("{}kaflowsql.yaml", topics.prefix));
+        std::fs::write(
+            &config,
+            format!("kafka:\n  brokers: {BROKERS}\n  consumer:\n    fetchMaxWait: 5\n    maxPollRecords: 4096\n  producer:\n    lingerMs: 1\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\nstate:\n  rocksdb:\n    path: {state}\n", state = dir.join(format!("{}state", topics.prefix)).display()),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg(&pipeline)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, port }
+    }
+
+    fn peak_rss_mb(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// A metric of its scrape (summed over label sets).
+    fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return f64::NAN;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records per second from the first to the last arrival.
 fn rate(arr: &[(Instant, Option<i64>)]) -> f64 {
     match (arr.first(), arr.last()) {
         (Some(a), Some(b)) if b.0 > a.0 => (arr.len() - 1) as f64 / (b.0 - a.0).as_secs_f64(),
@@ -381,202 +600,336 @@ fn rate(arr: &[(Instant, Option<i64>)]) -> f64 {
     }
 }
 
-fn stop_child(mut child: Child) {
+/// Runs the selected scenarios and modes against the kaflowsql binary.
+pub fn run(settings: &Settings, kaflowsql: &Path) -> Report {
+    let run = format!("e2e{}_", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let selected: Vec<Scenario> = scenarios::all()
+        .into_iter()
+        .filter(|s| settings.scenarios.is_empty() || settings.scenarios.iter().any(|n| n == s.name))
+        .collect();
+    println!(
+        "e2e: {} scenarios, {} stream records each; broker, generator, pipeline and reader share {} cores",
+        selected.len(),
+        settings.events,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut report = Report::default();
+    for s in &selected {
+        let t = max_throughput(settings, kaflowsql, dir.path(), &run, s);
+        report.throughput.push(t);
+    }
+    if let Some(s) = selected.iter().find(|s| s.name == "iot") {
+        report.fixed_rate = Some(paced(
+            kaflowsql,
+            dir.path(),
+            &run,
+            s,
+            &[(settings.rate, settings.seconds)],
+        ));
+    }
+    if let Some(s) = selected.iter().find(|s| s.name == "trades") {
+        let (base, burst) = (settings.burst_base, settings.burst_base * 10);
+        report.burst = Some(paced(
+            kaflowsql,
+            dir.path(),
+            &run,
+            s,
+            &[(base, 2), (burst, settings.burst_seconds), (base, 3)],
+        ));
+    }
+    report
+}
+
+fn max_throughput(
+    settings: &Settings,
+    kaflowsql: &Path,
+    dir: &Path,
+    run: &str,
+    s: &Scenario,
+) -> Throughput {
+    let data = (s.data)(settings.events);
+    let events = data.streams.len() as u64;
+    let mut t = Throughput {
+        scenario: s.name.to_string(),
+        guide_row: s.guide_row.to_string(),
+        description: s.description.to_string(),
+        events,
+        expected_outputs: data.expected,
+        ..Throughput::default()
+    };
+    println!("\n{}: {} ({events} stream records)", s.name, s.description);
+
+    // Passthrough baseline: every stream record copied.
+    let base = Topics {
+        prefix: format!("{run}{}_base_", s.name.replace('-', "_")),
+    };
+    base.create(s, &["copy"]);
+    preload(&base, &data);
+    let stop = Arc::new(AtomicBool::new(false));
+    let copier = passthrough(
+        s.streams.iter().map(|t| base.name(t)).collect(),
+        base.name("copy"),
+        s.partitions,
+        events,
+        stop.clone(),
+    );
+    let arr = arrivals(
+        &base.name("copy"),
+        s.partitions,
+        None,
+        events,
+        Duration::from_secs(300),
+    );
+    stop.store(true, Ordering::Relaxed);
+    copier.join().unwrap();
+    t.baseline_events_per_s = rate(&arr);
+    println!(
+        "  passthrough baseline: {} of {events} records, {:.0} events/s",
+        arr.len(),
+        t.baseline_events_per_s
+    );
+
+    // kaflowsql on the same data.
+    let kf = Topics {
+        prefix: format!("{run}{}_kf_", s.name.replace('-', "_")),
+    };
+    kf.create(s, &[]);
+    preload(&kf, &data);
+    let k = Kaflowsql::start(kaflowsql, dir, s, &kf);
+    let arr = arrivals(
+        &kf.name(s.output),
+        s.partitions,
+        None,
+        data.expected,
+        Duration::from_secs(300),
+    );
+    t.peak_rss_mb = k.peak_rss_mb();
+    t.join_hit_rate = k.metric("kaflowsql_join_hit_rate");
+    k.stop();
+    // Input events per second: the output rate scaled by inputs per output.
+    t.kaflowsql_events_per_s = rate(&arr) * events as f64 / data.expected.max(1) as f64;
+    t.outputs = arr.len() as u64;
+    println!(
+        "  kaflowsql: {} of {} outputs, {:.0} input events/s, ratio to baseline {:.2}, peak RSS {:.0} MB, join hit rate {:.3}{}",
+        t.outputs,
+        t.expected_outputs,
+        t.kaflowsql_events_per_s,
+        t.ratio_to_baseline(),
+        t.peak_rss_mb,
+        t.join_hit_rate,
+        if t.outputs == t.expected_outputs { "" } else { "  FAILED: outputs missing" }
+    );
+    if settings.peer && s.name == "iot" {
+        peer(run, s, &data, &mut t);
+    }
+    t
+}
+
+/// The Quix Streams peer on the IoT data (`benches/support/quix_peer.py`).
+fn peer(run: &str, s: &Scenario, data: &scenarios::Data, t: &mut Throughput) {
+    let python = root().join(".deps/venv/bin/python");
+    let importable = Command::new(&python)
+        .args(["-c", "import quixstreams"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !importable {
+        println!("  peer skipped: quixstreams is not installed in .deps/venv (run deploy/local/deps.sh --bench)");
+        return;
+    }
+    let pq = Topics {
+        prefix: format!("{run}peer_"),
+    };
+    pq.create(s, &["enriched"]);
+    preload(&pq, data);
+    let state = tempfile::tempdir().unwrap();
+    let child = Command::new(&python)
+        .arg(root().join("benches/support/quix_peer.py"))
+        .args([BROKERS, &pq.prefix, &format!("{}group", pq.prefix)])
+        .arg(state.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let arr = arrivals(
+        &pq.name("enriched"),
+        1,
+        None,
+        data.expected,
+        Duration::from_secs(300),
+    );
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
+    let mut child = child;
     let _ = child.wait();
-}
-
-/// Runs both modes against the kaflowsql binary at `kaflowsql`.
-pub fn run(settings: Settings, kaflowsql: &Path) -> Report {
-    let (events, fixed_rate, seconds) = (settings.events, settings.rate, settings.seconds);
-    let mut report = Report {
-        events,
-        rate: fixed_rate,
-        seconds,
-        ..Report::default()
-    };
-    let run = format!("e2e{}_", std::process::id());
-    let dir = tempfile::tempdir().unwrap();
-    println!("e2e: iot enrichment, {events} preloaded readings, {} devices (75% known); 2 cores shared by broker, generator, pipeline and reader", DEVICES);
-
-    // Max throughput: passthrough baseline.
-    let base = format!("{run}base_");
-    create(&[
-        &format!("{base}sensor_readings"),
-        &format!("{base}device_metadata"),
-        &format!("{base}copy"),
-    ]);
-    preload(&base, events);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let copier = passthrough(
-        &format!("{base}sensor_readings"),
-        &format!("{base}copy"),
-        events,
-        stop.clone(),
-    );
-    let arr = arrivals(&format!("{base}copy"), events, Duration::from_secs(300));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    copier.join().unwrap();
-    let base_rate = rate(&arr);
-    report.baseline_events_per_s = base_rate;
-    println!(
-        "max throughput: passthrough baseline: {} records, {:.0} events/s",
-        arr.len(),
-        base_rate
-    );
-
-    // Max throughput: kaflowsql.
-    let kf = format!("{run}kf_");
-    create(&[
-        &format!("{kf}sensor_readings"),
-        &format!("{kf}device_metadata"),
-        &format!("{kf}enriched"),
-    ]);
-    preload(&kf, events);
-    let expected = (0..events)
-        .filter(|&i| ((i * 7919) % DEVICES) < DEVICES * 3 / 4)
-        .count() as u64;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = start_kaflowsql(kaflowsql, dir.path(), &kf, port);
-    let pid = child.id();
-    let arr = arrivals(&format!("{kf}enriched"), expected, Duration::from_secs(300));
-    let rss = peak_rss_mb(pid);
-    stop_child(child);
-    // Outputs are 75% of the readings (unknown devices are dropped by the INNER JOIN):
-    // the input rate is the output rate scaled by readings per output.
-    let kf_rate = rate(&arr) * events as f64 / expected.max(1) as f64;
-    report.kaflowsql_events_per_s = kf_rate;
-    report.ratio_to_baseline = kf_rate / base_rate.max(1.0);
-    report.outputs = arr.len() as u64;
-    report.expected_outputs = expected;
-    report.peak_rss_mb = rss;
-    println!(
-        "max throughput: kaflowsql: {} of {expected} expected outputs, {:.0} input events/s ({:.2} of the baseline), peak RSS {rss:.0} MB{}",
-        arr.len(),
-        kf_rate,
-        kf_rate / base_rate.max(1.0),
-        if arr.len() as u64 == expected { "" } else { "  FAILED: outputs missing" }
-    );
-
-    // Max throughput: the Quix Streams peer, same data.
-    let python = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    )
-    .join(".deps/venv/bin/python");
-    if settings.peer && python.exists() {
-        let pq = format!("{run}peer_");
-        create(&[
-            &format!("{pq}sensor_readings"),
-            &format!("{pq}device_metadata"),
-            &format!("{pq}enriched"),
-        ]);
-        preload(&pq, events);
-        let expected = (0..events)
-            .filter(|&i| ((i * 7919) % DEVICES) < DEVICES * 3 / 4)
-            .count() as u64;
-        let script = std::path::PathBuf::from(
-            std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-        )
-        .join("benches/support/quix_peer.py");
-        let state = dir.path().join("quix-state");
-        let child = Command::new(&python)
-            .arg(&script)
-            .args([BROKERS, &pq, &format!("{pq}group")])
-            .arg(&state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let arr = arrivals(&format!("{pq}enriched"), expected, Duration::from_secs(300));
-        stop_child(child);
-        if arr.len() as u64 == expected {
-            let peer_rate = rate(&arr) * events as f64 / expected.max(1) as f64;
-            println!(
-                "max throughput: peer (Quix Streams): {expected} of {expected} outputs, {peer_rate:.0} input events/s; kaflowsql / peer = {:.1}",
-                kf_rate / peer_rate.max(1.0)
-            );
-            report.peer_events_per_s = Some(peer_rate);
-        } else {
-            // A run that lost rows is a failed run, not a slow one: no figure.
-            println!(
-                "max throughput: peer (Quix Streams) FAILED: {} of {expected} expected outputs within 300 s",
-                arr.len()
-            );
-        }
-    } else if settings.peer {
+    t.peer_outputs = Some(arr.len() as u64);
+    if arr.len() as u64 == data.expected {
+        let r = rate(&arr) * t.events as f64 / data.expected.max(1) as f64;
+        t.peer_events_per_s = Some(r);
         println!(
-            "peer skipped: {} not found (run deploy/local/deps.sh)",
-            python.display()
+            "  peer (Quix Streams): {} of {} outputs, {r:.0} input events/s; kaflowsql / peer = {:.1}",
+            arr.len(),
+            data.expected,
+            t.kaflowsql_events_per_s / r.max(1.0)
+        );
+    } else {
+        // A run that lost rows is a failed run, not a slow one: no figure.
+        println!(
+            "  peer (Quix Streams) FAILED: {} of {} expected outputs within 300 s",
+            arr.len(),
+            data.expected
         );
     }
+}
 
-    // Fixed rate: latency from production to arrival, baseline then kaflowsql.
-    let fb = format!("{run}frbase_");
-    create(&[
-        &format!("{fb}sensor_readings"),
-        &format!("{fb}device_metadata"),
-        &format!("{fb}copy"),
-    ]);
-    let total = fixed_rate * seconds;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+/// Paced runs of a single-stream scenario: `phases` of (events/s, seconds),
+/// through the baseline then kaflowsql. Latency per event from production to
+/// arrival; with more than one phase, the second is the burst, and recovery
+/// is how long after its end its last event's output arrived.
+fn paced(kaflowsql: &Path, dir: &Path, run: &str, s: &Scenario, phases: &[(u64, u64)]) -> Latency {
+    let event = s.event.expect("a single-stream scenario");
+    let total: u64 = phases.iter().map(|(r, secs)| r * secs).sum();
+    let expected = (0..total).filter(|&i| event(i).1).count() as u64;
+    let burst = phases.len() > 1;
+    let label = if burst { "burst" } else { "fixed" };
+    let mut l = Latency {
+        scenario: s.name.to_string(),
+        rate: phases[0].0,
+        seconds: if burst { phases[1].1 } else { phases[0].1 },
+        burst_rate: if burst { phases[1].0 } else { 0 },
+        expected_outputs: expected,
+        ..Latency::default()
+    };
+    let data = (s.data)(0);
+
+    let base = Topics {
+        prefix: format!("{run}{}_{label}base_", s.name),
+    };
+    base.create(s, &["copy"]);
+    preload(&base, &data);
+    let stop = Arc::new(AtomicBool::new(false));
     let copier = passthrough(
-        &format!("{fb}sensor_readings"),
-        &format!("{fb}copy"),
+        s.streams.iter().map(|t| base.name(t)).collect(),
+        base.name("copy"),
+        s.partitions,
         total,
         stop.clone(),
     );
     std::thread::sleep(Duration::from_secs(2));
-    let lat = fixed_rate_run(
-        &format!("{fb}sensor_readings"),
-        &format!("{fb}copy"),
-        total,
-        total,
-        fixed_rate,
-        seconds,
-    );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (lat, recovery, _) = produce_paced(&base, s, &base.name("copy"), total, phases);
+    stop.store(true, Ordering::Relaxed);
     copier.join().unwrap();
-    report.baseline_latency_ms = quantiles(&lat);
-    print_latency("passthrough baseline", &lat, total, fixed_rate, seconds);
+    l.baseline_ms = quantiles(&lat);
+    l.baseline_recovery_s = recovery;
 
-    let fr = format!("{run}fr_");
-    create(&[
-        &format!("{fr}sensor_readings"),
-        &format!("{fr}device_metadata"),
-        &format!("{fr}enriched"),
-    ]);
-    preload(&fr, 0);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = start_kaflowsql(kaflowsql, dir.path(), &fr, port);
-    std::thread::sleep(Duration::from_secs(5)); // group join on Tansu
-    let expected = (0..total)
-        .filter(|&i| ((i * 7919) % DEVICES) < DEVICES * 3 / 4)
-        .count() as u64;
-    let lat = fixed_rate_run(
-        &format!("{fr}sensor_readings"),
-        &format!("{fr}enriched"),
-        total,
-        expected,
-        fixed_rate,
-        seconds,
+    let kf = Topics {
+        prefix: format!("{run}{}_{label}kf_", s.name),
+    };
+    kf.create(s, &[]);
+    preload(&kf, &data);
+    let k = Kaflowsql::start(kaflowsql, dir, s, &kf);
+    std::thread::sleep(Duration::from_secs(5)); // the consumer group's join on Tansu
+    let (lat, recovery, outputs) = produce_paced(&kf, s, &kf.name(s.output), expected, phases);
+    k.stop();
+    l.kaflowsql_ms = quantiles(&lat);
+    l.kaflowsql_recovery_s = recovery;
+    l.outputs = outputs;
+    let b = &l.baseline_ms;
+    let q = &l.kaflowsql_ms;
+    println!(
+        "\n{} {label}: phases {phases:?} (events/s, s): p50/p95/p99 passthrough {:.1}/{:.1}/{:.1} ms, kaflowsql {:.1}/{:.1}/{:.1} ms, {} of {expected} outputs{}",
+        s.name,
+        b[0],
+        b[1],
+        b[2],
+        q[0],
+        q[1],
+        q[2],
+        l.outputs,
+        if burst {
+            format!(
+                "; caught up {:.2} s after the burst (passthrough {:.2} s)",
+                l.kaflowsql_recovery_s, l.baseline_recovery_s
+            )
+        } else {
+            String::new()
+        }
     );
-    stop_child(child);
-    report.kaflowsql_latency_ms = quantiles(&lat);
-    report.fixed_rate_outputs = lat.len() as u64;
-    report.fixed_rate_expected = expected;
-    print_latency("kaflowsql", &lat, expected, fixed_rate, seconds);
-    report
+    l
+}
+
+/// Produces the phases' events; returns sorted latencies (ms), the recovery
+/// time after the second phase (s) and the number of outputs read.
+fn produce_paced(
+    topics: &Topics,
+    s: &Scenario,
+    output: &str,
+    expected: u64,
+    phases: &[(u64, u64)],
+) -> (Vec<f64>, f64, u64) {
+    let event = s.event.expect("a single-stream scenario");
+    let total: u64 = phases.iter().map(|(r, secs)| r * secs).sum();
+    let seconds: u64 = phases.iter().map(|(_, secs)| secs).sum();
+    // Outputs name their event by the source offset header (one partition)
+    // or by an id in the value.
+    let (topic, partitions, id_field) = (output.to_string(), s.partitions, s.id_field);
+    let reader = std::thread::spawn(move || {
+        arrivals(
+            &topic,
+            partitions,
+            id_field,
+            expected,
+            Duration::from_secs(seconds + 60),
+        )
+    });
+    let p = producer();
+    let start = Instant::now();
+    let mut produced_at: Vec<Instant> = Vec::with_capacity(total as usize);
+    let mut due = Duration::ZERO;
+    let mut burst_events = 0..0;
+    let mut burst_end = start;
+    for (phase, &(rate, secs)) in phases.iter().enumerate() {
+        let first = produced_at.len() as u64;
+        for j in 0..rate * secs {
+            // Sleep (never spin: two cores are shared) until the event is due;
+            // events due within the same half millisecond go out together.
+            let at = start + due + Duration::from_secs_f64(j as f64 / rate as f64);
+            let now = Instant::now();
+            if at > now + Duration::from_micros(500) {
+                p.poll(Duration::ZERO);
+                std::thread::sleep(at - now);
+            }
+            let (r, _) = event(produced_at.len() as u64);
+            send(&p, &topics.name(r.topic), &r.key, &r.value, now_ms());
+            p.poll(Duration::ZERO);
+            produced_at.push(Instant::now());
+        }
+        due += Duration::from_secs(secs);
+        if phase == 1 {
+            burst_events = first..produced_at.len() as u64;
+            burst_end = Instant::now();
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    let arr = reader.join().unwrap();
+    let mut lat: Vec<f64> = Vec::with_capacity(arr.len());
+    let mut recovered = burst_end;
+    for (t, id) in &arr {
+        let Some(i) = id.and_then(|i| u64::try_from(i).ok()) else {
+            continue;
+        };
+        if let Some(p) = produced_at.get(i as usize) {
+            lat.push((*t - *p).as_secs_f64() * 1e3);
+        }
+        if burst_events.contains(&i) {
+            recovered = recovered.max(*t);
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    (lat, (recovered - burst_end).as_secs_f64(), arr.len() as u64)
 }
 
 fn quantiles(lat: &[f64]) -> [f64; 3] {
@@ -586,59 +939,4 @@ fn quantiles(lat: &[f64]) -> [f64; 3] {
             .unwrap_or(f64::NAN)
     };
     [q(0.5), q(0.95), q(0.99)]
-}
-
-/// Produces `total` readings at `rate`/s to `input`; returns per-output latency
-/// in ms from production to arrival on `output` (matched by source offset).
-fn fixed_rate_run(
-    input: &str,
-    output: &str,
-    total: u64,
-    expected: u64,
-    rate: u64,
-    seconds: u64,
-) -> Vec<f64> {
-    let topic = output.to_string();
-    let reader =
-        std::thread::spawn(move || arrivals(&topic, expected, Duration::from_secs(seconds + 60)));
-    let p = producer();
-    let start = Instant::now();
-    let mut produced_at: HashMap<i64, Instant> = HashMap::with_capacity(total as usize);
-    for i in 0..total {
-        // Sleep (never spin: two cores are shared) until the event is due; events
-        // due within the same half millisecond go out together.
-        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-        let now = Instant::now();
-        if due > now + Duration::from_micros(500) {
-            p.poll(Duration::ZERO);
-            std::thread::sleep(due - now);
-        }
-        let (k, v) = reading(i);
-        send(&p, input, &k, &v, now_ms());
-        p.poll(Duration::ZERO);
-        produced_at.insert(i as i64, Instant::now());
-    }
-    p.flush(Duration::from_secs(60)).unwrap();
-    let arr = reader.join().unwrap();
-    let mut lat: Vec<f64> = arr
-        .iter()
-        .filter_map(|(t, off)| Some((*t - *produced_at.get(&(*off)?)?).as_secs_f64() * 1e3))
-        .collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    lat
-}
-
-fn print_latency(name: &str, lat: &[f64], expected: u64, rate: u64, seconds: u64) {
-    let q = |f: f64| {
-        lat.get(((lat.len().max(1) - 1) as f64 * f) as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    println!(
-        "fixed rate {rate}/s for {seconds}s: {name}: {} of {expected} outputs; latency production → arrival p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
-        lat.len(),
-        q(0.5),
-        q(0.95),
-        q(0.99)
-    );
 }

