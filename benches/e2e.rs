@@ -3,7 +3,8 @@
 //! Quix Streams peer too (see `support/e2e_harness.rs`).
 //!
 //! Run: `deploy/local/broker.sh restart && cargo bench --bench e2e [-- --compare previous.json]`
-//! (`E2E_EVENTS` stream records per scenario, `E2E_SCENARIOS=iot,trades,...`,
+//! (`E2E_EVENTS` stream records per scenario, `E2E_REPEATS` alternating rounds
+//! (medians reported), `E2E_SCENARIOS=iot,trades,...`,
 //! `E2E_RATE`/`E2E_SECONDS` for the fixed-rate mode, `E2E_BURST_BASE`/
 //! `E2E_BURST_SECONDS` for the burst; `E2E_PEER=0` skips the peer, which
 //! needs quixstreams 3.28.1 in `.deps/venv`, installed by deploy/local/deps.sh). Writes
@@ -38,6 +39,8 @@ fn main() {
         burst_base: env_or("E2E_BURST_BASE", 1_000),
         burst_seconds: env_or("E2E_BURST_SECONDS", 3),
         peer: std::env::var("E2E_PEER").map_or(true, |v| v != "0"),
+        repeats: env_or("E2E_REPEATS", 3) as u32,
+        fresh_broker: true,
         scenarios: std::env::var("E2E_SCENARIOS")
             .map(|v| v.split(',').map(str::to_string).collect())
             .unwrap_or_default(),

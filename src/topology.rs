@@ -431,7 +431,6 @@ pub fn run_pipeline(
         Some(s) => s,
         None => return Ok(()),
     };
-    metrics.set_ready(true);
     info!(
         pipeline = %pipeline.name,
         group = %pipeline.consumer_group,
@@ -447,9 +446,15 @@ pub fn run_pipeline(
     let mut uncommitted = CommitOffsets::new();
     let mut last_event = Instant::now();
     let mut watermark_at_last_event = i64::MIN;
+    let mut ready = false;
     let result = loop {
         if shutdown.load(Ordering::Relaxed) {
             break Ok(());
+        }
+        // Ready once partitions are assigned (dimensions and state are by now).
+        if !ready && source.assigned() {
+            metrics.set_ready(true);
+            ready = true;
         }
         // Dimension updates keep flowing in.
         let mut pushed_dimensions = 0u64;

@@ -20,6 +20,9 @@ fn the_e2e_harness_runs_every_scenario_on_tiny_counts() {
         burst_base: 100,
         burst_seconds: 1,
         peer: false,
+        repeats: 1,
+        // Other test binaries may use the broker: never restart it here.
+        fresh_broker: false,
         scenarios: Vec::new(),
     };
     let report = harness::run(

@@ -62,6 +62,13 @@ pub struct Settings {
     pub burst_seconds: u64,
     /// Also run the Quix Streams peer (needs quixstreams in .deps/venv).
     pub peer: bool,
+    /// Restart the broker (`deploy/local/broker.sh restart`) before every
+    /// max-throughput run: Tansu's in-memory storage slows down as it fills,
+    /// so each run gets the same empty broker.
+    pub fresh_broker: bool,
+    /// Alternating rounds of baseline, kaflowsql (and peer) per scenario;
+    /// medians are reported (this machine is shared and noisy).
+    pub repeats: u32,
     /// Scenarios to run (names; empty: all).
     pub scenarios: Vec<String>,
 }
@@ -98,10 +105,14 @@ fn create(topics: &[(String, i32)]) {
     }
 }
 
-fn producer() -> BaseProducer {
+/// The generator's producer; `linger_ms` 2 for paced runs: every client
+/// of a latency run batches for about 2 ms, since on Tansu tiny produce
+/// requests (linger 0-1) load the broker into a latency tail, and fetch
+/// waits above 2 ms add their own wait.
+fn producer(linger_ms: u32) -> BaseProducer {
     ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms.to_string())
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .create()
@@ -156,7 +167,7 @@ impl Topics {
 
 /// Dimensions, then the streams.
 fn preload(topics: &Topics, data: &scenarios::Data) {
-    let p = producer();
+    let p = producer(5);
     topics.produce(&p, &data.dims);
     topics.produce(&p, &data.streams);
     p.flush(Duration::from_secs(120)).unwrap();
@@ -166,7 +177,8 @@ fn consumer(group: &str, topics: &[String], partitions: i32) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", BROKERS)
         .set("group.id", group)
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", "2")
+        .set("fetch.queue.backoff.ms", "0")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -189,11 +201,35 @@ fn arrivals(
     count: u64,
     timeout: Duration,
 ) -> Vec<(Instant, Option<i64>)> {
+    arrivals_after(topic, partitions, id_field, count, timeout, None)
+}
+
+/// [`arrivals`], signalling `ready` once the consumer has fetched (empty)
+/// for a second: connecting and the first fetches take about half a second,
+/// which would otherwise count as latency of the first events.
+fn arrivals_after(
+    topic: &str,
+    partitions: i32,
+    id_field: Option<&str>,
+    count: u64,
+    timeout: Duration,
+    ready: Option<std::sync::mpsc::Sender<()>>,
+) -> Vec<(Instant, Option<i64>)> {
     let c = consumer(
         &format!("e2e-reader-{topic}"),
         &[topic.to_string()],
         partitions,
     );
+    if let Some(ready) = ready {
+        let warm = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < warm {
+            assert!(
+                c.poll(Duration::from_millis(50)).is_none(),
+                "the topic is empty before the run"
+            );
+        }
+        let _ = ready.send(());
+    }
     let deadline = Instant::now() + timeout;
     let mut out = Vec::with_capacity(count as usize);
     while (out.len() as u64) < count && Instant::now() < deadline {
@@ -230,7 +266,7 @@ fn passthrough(
         let c = consumer(&format!("e2e-passthrough-{to}"), &from, partitions);
         let p: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", BROKERS)
-            .set("linger.ms", "1")
+            .set("linger.ms", "2")
             .set("enable.idempotence", "true")
             .create()
             .unwrap();
@@ -344,7 +380,7 @@ impl Kaflowsql {
         let config = dir.join(format!("{}kaflowsql.yaml", topics.prefix));
         std::fs::write(
             &config,
-            format!("kafka:\n  brokers: {BROKERS}\n  consumer:\n    fetchMaxWait: 5\n    maxPollRecords: 4096\n  producer:\n    lingerMs: 1\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\nstate:\n  rocksdb:\n    path: {state}\n", state = dir.join(format!("{}state", topics.prefix)).display()),
+            format!("kafka:\n  brokers: {BROKERS}\n  consumer:\n    fetchMaxWait: 2\n    maxPollRecords: 4096\n  producer:\n    lingerMs: 2\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\n    fetch.queue.backoff.ms: \"0\"\nhttp:\n  listen: 127.0.0.1:{port}\nstate:\n  rocksdb:\n    path: {state}\n", state = dir.join(format!("{}state", topics.prefix)).display()),
         )
         .unwrap();
         let child = Command::new(bin)
@@ -372,17 +408,32 @@ impl Kaflowsql {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
-    /// A metric of its scrape (summed over label sets).
-    fn metric(&self, name: &str) -> f64 {
+    /// GET `path`: the whole reply (empty when it cannot connect).
+    fn get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return f64::NAN;
+            return String::new();
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
+        let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
         let mut text = String::new();
         let _ = s.read_to_string(&mut text);
-        text.lines()
+        text
+    }
+
+    /// Waits (at most 60 s) until `/readyz` answers 200: partitions
+    /// assigned, dimensions read (Tansu makes a group join take seconds).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.get("/readyz").starts_with("HTTP/1.0 200") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A metric of its scrape (summed over label sets).
+    fn metric(&self, name: &str) -> f64 {
+        self.get("/metrics")
+            .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
@@ -426,6 +477,7 @@ pub fn run(settings: &Settings, kaflowsql: &Path) -> Report {
     }
     if let Some(s) = selected.iter().find(|s| s.name == "iot") {
         report.fixed_rate = Some(paced(
+            settings,
             kaflowsql,
             dir.path(),
             &run,
@@ -436,6 +488,7 @@ pub fn run(settings: &Settings, kaflowsql: &Path) -> Report {
     if let Some(s) = selected.iter().find(|s| s.name == "trades") {
         let (base, burst) = (settings.burst_base, settings.burst_base * 10);
         report.burst = Some(paced(
+            settings,
             kaflowsql,
             dir.path(),
             &run,
@@ -463,69 +516,128 @@ fn max_throughput(
         expected_outputs: data.expected,
         ..Throughput::default()
     };
-    println!("\n{}: {} ({events} stream records)", s.name, s.description);
-
-    // Passthrough baseline: every stream record copied.
-    let (base, stop, copier) = baseline(
-        format!("{run}{}_base_", s.name.replace('-', "_")),
-        s,
-        &data,
-        events,
-    );
-    let arr = arrivals(
-        &base.name("copy"),
-        s.partitions,
-        None,
-        events,
-        Duration::from_secs(300),
-    );
-    stop.store(true, Ordering::Relaxed);
-    copier.join().unwrap();
-    t.baseline_events_per_s = rate(&arr);
     println!(
-        "  passthrough baseline: {} of {events} records, {:.0} events/s",
-        arr.len(),
-        t.baseline_events_per_s
+        "\n{}: {} ({events} stream records, {} alternating rounds)",
+        s.name,
+        s.description,
+        settings.repeats.max(1)
     );
+    let (mut base_rates, mut kf_rates, mut peer_rates) = (Vec::new(), Vec::new(), Vec::new());
+    t.outputs = data.expected;
+    for round in 0..settings.repeats.max(1) {
+        let tag = format!("{run}{}_{round}", s.name.replace('-', "_"));
+        // Passthrough baseline: every stream record copied.
+        fresh_broker(settings);
+        let (base, stop, copier) = baseline(format!("{tag}base_"), s, &data, events);
+        let arr = arrivals(
+            &base.name("copy"),
+            s.partitions,
+            None,
+            events,
+            Duration::from_secs(300),
+        );
+        stop.store(true, Ordering::Relaxed);
+        copier.join().unwrap();
+        base_rates.push(rate(&arr));
+        println!(
+            "  round {round}: passthrough baseline: {} of {events} records, {:.0} events/s",
+            arr.len(),
+            rate(&arr)
+        );
 
-    // kaflowsql on the same data.
-    let kf = Topics {
-        prefix: format!("{run}{}_kf_", s.name.replace('-', "_")),
-    };
-    kf.create(s, &[]);
-    preload(&kf, &data);
-    let k = Kaflowsql::start(kaflowsql, dir, s, &kf);
-    let arr = arrivals(
-        &kf.name(s.output),
-        s.partitions,
-        None,
-        data.expected,
-        Duration::from_secs(300),
-    );
-    t.peak_rss_mb = k.peak_rss_mb();
-    t.join_hit_rate = k.metric("kaflowsql_join_hit_rate");
-    k.stop();
-    // Input events per second: the output rate scaled by inputs per output.
-    t.kaflowsql_events_per_s = rate(&arr) * events as f64 / data.expected.max(1) as f64;
-    t.outputs = arr.len() as u64;
+        // kaflowsql on the same data.
+        fresh_broker(settings);
+        let kf = Topics {
+            prefix: format!("{tag}kf_"),
+        };
+        kf.create(s, &[]);
+        preload(&kf, &data);
+        let k = Kaflowsql::start(kaflowsql, dir, s, &kf);
+        let arr = arrivals(
+            &kf.name(s.output),
+            s.partitions,
+            None,
+            data.expected,
+            Duration::from_secs(300),
+        );
+        t.peak_rss_mb = t.peak_rss_mb.max(k.peak_rss_mb());
+        t.join_hit_rate = k.metric("kaflowsql_join_hit_rate");
+        t.mean_batch_rows = k.metric("kaflowsql_events_processed_total")
+            / k.metric("kaflowsql_micro_batches_total").max(1.0);
+        k.stop();
+        // Input events per second: the output rate scaled by inputs per output.
+        let r = rate(&arr) * events as f64 / data.expected.max(1) as f64;
+        kf_rates.push(r);
+        t.outputs = t.outputs.min(arr.len() as u64);
+        println!(
+            "  round {round}: kaflowsql: {} of {} outputs, {r:.0} input events/s, peak RSS {:.0} MB, join hit rate {:.3}, {:.0} records per micro-batch{}",
+            arr.len(),
+            t.expected_outputs,
+            t.peak_rss_mb,
+            t.join_hit_rate,
+            t.mean_batch_rows,
+            if arr.len() as u64 == t.expected_outputs { "" } else { "  FAILED: outputs missing" }
+        );
+        if settings.peer && s.name == "iot" {
+            fresh_broker(settings);
+            if let Some(r) = peer(&tag, s, &data, &mut t) {
+                peer_rates.push(r);
+            }
+        }
+    }
+    t.baseline_events_per_s = median(&base_rates);
+    t.kaflowsql_events_per_s = median(&kf_rates);
+    t.baseline_runs = base_rates;
+    t.kaflowsql_runs = kf_rates;
+    if !peer_rates.is_empty() && t.peer_outputs == Some(t.expected_outputs) {
+        t.peer_events_per_s = Some(median(&peer_rates));
+    }
+    t.peer_runs = peer_rates;
     println!(
-        "  kaflowsql: {} of {} outputs, {:.0} input events/s, ratio to baseline {:.2}, peak RSS {:.0} MB, join hit rate {:.3}{}",
-        t.outputs,
-        t.expected_outputs,
+        "  median: passthrough {:.0}, kaflowsql {:.0} events/s, ratio {:.2}{}",
+        t.baseline_events_per_s,
         t.kaflowsql_events_per_s,
         t.ratio_to_baseline(),
-        t.peak_rss_mb,
-        t.join_hit_rate,
-        if t.outputs == t.expected_outputs { "" } else { "  FAILED: outputs missing" }
+        t.peer_events_per_s
+            .map(|p| format!(
+                ", peer {p:.0} events/s, kaflowsql / peer {:.1}",
+                t.kaflowsql_events_per_s / p.max(1.0)
+            ))
+            .unwrap_or_default()
     );
-    if settings.peer && s.name == "iot" {
-        peer(run, s, &data, &mut t);
-    }
     t
 }
 
+/// Restarts the broker when the settings ask for it, and waits until it
+/// answers metadata requests.
+fn fresh_broker(settings: &Settings) {
+    if !settings.fresh_broker {
+        return;
+    }
+    let status = Command::new(root().join("deploy/local/broker.sh"))
+        .arg("restart")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the broker did not restart");
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", BROKERS)
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.fetch_metadata(None, Duration::from_secs(1)).is_err() {
+        assert!(Instant::now() < deadline, "the broker does not answer");
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// The Quix Streams peer on the IoT data (`benches/support/quix_peer.py`).
-fn peer(run: &str, s: &Scenario, data: &scenarios::Data, t: &mut Throughput) {
+fn peer(run: &str, s: &Scenario, data: &scenarios::Data, t: &mut Throughput) -> Option<f64> {
     let python = root().join(".deps/venv/bin/python");
     let importable = Command::new(&python)
         .args(["-c", "import quixstreams"])
@@ -534,7 +646,7 @@ fn peer(run: &str, s: &Scenario, data: &scenarios::Data, t: &mut Throughput) {
         .is_ok_and(|s| s.success());
     if !importable {
         println!("  peer skipped: quixstreams is not installed in .deps/venv (run deploy/local/deps.sh --bench)");
-        return;
+        return None;
     }
     let pq = Topics {
         prefix: format!("{run}peer_"),
@@ -563,31 +675,34 @@ fn peer(run: &str, s: &Scenario, data: &scenarios::Data, t: &mut Throughput) {
         .status();
     let mut child = child;
     let _ = child.wait();
-    t.peer_outputs = Some(arr.len() as u64);
-    if arr.len() as u64 == data.expected {
-        let r = rate(&arr) * t.events as f64 / data.expected.max(1) as f64;
-        t.peer_events_per_s = Some(r);
-        println!(
-            "  peer (Quix Streams): {} of {} outputs, {r:.0} input events/s; kaflowsql / peer = {:.1}",
-            arr.len(),
-            data.expected,
-            t.kaflowsql_events_per_s / r.max(1.0)
-        );
-    } else {
-        // A run that lost rows is a failed run, not a slow one: no figure.
-        println!(
-            "  peer (Quix Streams) FAILED: {} of {} expected outputs within 300 s",
-            arr.len(),
-            data.expected
-        );
-    }
+    // A run that lost rows is a failed run, not a slow one: no figure.
+    let got = arr.len() as u64;
+    t.peer_outputs = Some(t.peer_outputs.map_or(got, |n| n.min(got)));
+    let r = rate(&arr) * t.events as f64 / data.expected.max(1) as f64;
+    println!(
+        "  peer (Quix Streams): {got} of {} outputs, {r:.0} input events/s{}",
+        data.expected,
+        if got == data.expected {
+            ""
+        } else {
+            "  FAILED: outputs missing"
+        }
+    );
+    (got == data.expected).then_some(r)
 }
 
 /// Paced runs of a single-stream scenario: `phases` of (events/s, seconds),
 /// through the baseline then kaflowsql. Latency per event from production to
 /// arrival; with more than one phase, the second is the burst, and recovery
 /// is how long after its end its last event's output arrived.
-fn paced(kaflowsql: &Path, dir: &Path, run: &str, s: &Scenario, phases: &[(u64, u64)]) -> Latency {
+fn paced(
+    settings: &Settings,
+    kaflowsql: &Path,
+    dir: &Path,
+    run: &str,
+    s: &Scenario,
+    phases: &[(u64, u64)],
+) -> Latency {
     let event = s.event.expect("a single-stream scenario");
     let total: u64 = phases.iter().map(|(r, secs)| r * secs).sum();
     let expected = (0..total).filter(|&i| event(i).1).count() as u64;
@@ -603,6 +718,7 @@ fn paced(kaflowsql: &Path, dir: &Path, run: &str, s: &Scenario, phases: &[(u64, 
     };
     let data = (s.data)(0);
 
+    fresh_broker(settings);
     let (base, stop, copier) = baseline(format!("{run}{}_{label}base_", s.name), s, &data, total);
     std::thread::sleep(Duration::from_secs(2));
     let (lat, recovery, _) = produce_paced(&base, s, &base.name("copy"), total, phases);
@@ -611,13 +727,14 @@ fn paced(kaflowsql: &Path, dir: &Path, run: &str, s: &Scenario, phases: &[(u64, 
     l.baseline_ms = quantiles(&lat);
     l.baseline_recovery_s = recovery;
 
+    fresh_broker(settings);
     let kf = Topics {
         prefix: format!("{run}{}_{label}kf_", s.name),
     };
     kf.create(s, &[]);
     preload(&kf, &data);
     let k = Kaflowsql::start(kaflowsql, dir, s, &kf);
-    std::thread::sleep(Duration::from_secs(5)); // the consumer group's join on Tansu
+    k.wait_ready();
     let (lat, recovery, outputs) = produce_paced(&kf, s, &kf.name(s.output), expected, phases);
     k.stop();
     l.kaflowsql_ms = quantiles(&lat);
@@ -662,16 +779,19 @@ fn produce_paced(
     // Outputs name their event by the source offset header (one partition)
     // or by an id in the value.
     let (topic, partitions, id_field) = (output.to_string(), s.partitions, s.id_field);
+    let (ready, warmed) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        arrivals(
+        arrivals_after(
             &topic,
             partitions,
             id_field,
             expected,
             Duration::from_secs(seconds + 60),
+            Some(ready),
         )
     });
-    let p = producer();
+    let _ = warmed.recv_timeout(Duration::from_secs(30));
+    let p = producer(2);
     let start = Instant::now();
     let mut produced_at: Vec<Instant> = Vec::with_capacity(total as usize);
     let mut due = Duration::ZERO;

@@ -20,9 +20,15 @@ pub struct Throughput {
     pub expected_outputs: u64,
     pub peak_rss_mb: f64,
     pub join_hit_rate: f64,
+    /// Records per micro-batch, on average (records read / DuckDB evaluations).
+    pub mean_batch_rows: f64,
     /// The Quix Streams peer (None when not run or failed).
     pub peer_events_per_s: Option<f64>,
     pub peer_outputs: Option<u64>,
+    /// Every round's figure (the medians above are of these).
+    pub baseline_runs: Vec<f64>,
+    pub kaflowsql_runs: Vec<f64>,
+    pub peer_runs: Vec<f64>,
 }
 
 impl Throughput {
@@ -106,6 +112,8 @@ impl Report {
                     "expected_outputs": t.expected_outputs,
                     "peak_rss_mb": t.peak_rss_mb,
                     "join_hit_rate": t.join_hit_rate,
+                    "mean_batch_rows": t.mean_batch_rows,
+                    "rounds": {"baseline_events_per_s": t.baseline_runs, "kaflowsql_events_per_s": t.kaflowsql_runs, "peer_events_per_s": t.peer_runs},
                     "peer_quixstreams_events_per_s": t.peer_events_per_s,
                     "peer_outputs": t.peer_outputs,
                     "ratio_to_peer": t.peer_events_per_s.map(|p| t.kaflowsql_events_per_s / p.max(1.0)),

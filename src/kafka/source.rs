@@ -4,6 +4,7 @@
 //! beginning, on every instance), and metadata checks before start.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ pub struct SourceContext {
     safe: SafeOffsets,
     pipeline: String,
     lag: Lag,
+    /// Set at the first assignment (the group joined; static: at once).
+    assigned: AtomicBool,
 }
 
 impl ClientContext for SourceContext {
@@ -92,6 +95,9 @@ impl ConsumerContext for SourceContext {
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
+            // Zero partitions is an assignment too: a member of a group with
+            // more members than partitions is ready with nothing to read.
+            self.assigned.store(true, Ordering::Relaxed);
             info!(pipeline = %self.pipeline, partitions = list.count(), "Partitions assigned.");
         }
     }
@@ -210,6 +216,7 @@ impl EventSource {
                 safe: safe.clone(),
                 pipeline: pipeline.to_string(),
                 lag,
+                assigned: AtomicBool::new(false),
             })
             .map_err(|e| KafkaError::client("cannot create the consumer", e))?;
         let counts = partition_counts(&consumer, topics, brokers)?;
@@ -253,9 +260,15 @@ impl EventSource {
                 consumer
                     .assign(&start)
                     .map_err(|e| KafkaError::client("cannot assign the partition", e))?;
+                consumer.context().assigned.store(true, Ordering::Relaxed);
             }
         }
         Ok(Self { consumer, safe })
+    }
+
+    /// Whether partitions were assigned (the group joined, or static ownership).
+    pub fn assigned(&self) -> bool {
+        self.consumer.context().assigned.load(Ordering::Relaxed)
     }
 
     /// Commits `offsets` (next offsets to read) and records them as safe.

@@ -33,6 +33,10 @@ pub(super) fn describe() {
         "Share of join lookups that found a match."
     );
     describe_counter!("kaflowsql_join_lookups_total", "Join state lookups made.");
+    describe_counter!(
+        "kaflowsql_micro_batches_total",
+        "Micro-batches of event-stream records evaluated (records per batch: events processed / this)."
+    );
     describe_gauge!(
         "kaflowsql_state_entries_total",
         "Events held in join state."
@@ -116,6 +120,7 @@ pub struct PipelineMetrics {
     join_success_rate: Gauge,
     join_hit_rate: Gauge,
     join_lookups: Counter,
+    micro_batches: Counter,
     state_entries: Gauge,
     state_bytes: Gauge,
     state_evictions: Counter,
@@ -156,6 +161,7 @@ impl PipelineMetrics {
             join_success_rate: gauge!("kaflowsql_join_success_rate", &l),
             join_hit_rate: gauge!("kaflowsql_join_hit_rate", &l),
             join_lookups: counter!("kaflowsql_join_lookups_total", &l),
+            micro_batches: counter!("kaflowsql_micro_batches_total", &l),
             state_entries: gauge!("kaflowsql_state_entries_total", &l),
             state_bytes: gauge!("kaflowsql_state_size_bytes", &l),
             state_evictions: counter!("kaflowsql_state_evictions_total", &l),
@@ -255,6 +261,9 @@ impl PipelineMetrics {
         if s.sql_nanos > sql_nanos_before {
             self.sql_execution_duration
                 .record((s.sql_nanos - sql_nanos_before) as f64 / 1e9);
+        }
+        if events > 0 {
+            self.micro_batches.increment(1);
         }
         if let (Some(t), true) = (started, events > 0) {
             // Every event of the batch waited this long: one sample each, so
