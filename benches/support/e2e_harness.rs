@@ -178,7 +178,7 @@ fn consumer(group: &str, topics: &[String], partitions: i32) -> BaseConsumer {
         .set("bootstrap.servers", BROKERS)
         .set("group.id", group)
         .set("fetch.wait.max.ms", "2")
-        .set("fetch.queue.backoff.ms", "0")
+        .set("fetch.queue.backoff.ms", "5")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -380,7 +380,7 @@ impl Kaflowsql {
         let config = dir.join(format!("{}kaflowsql.yaml", topics.prefix));
         std::fs::write(
             &config,
-            format!("kafka:\n  brokers: {BROKERS}\n  consumer:\n    fetchMaxWait: 2\n    maxPollRecords: 4096\n  producer:\n    lingerMs: 2\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\n    fetch.queue.backoff.ms: \"0\"\nhttp:\n  listen: 127.0.0.1:{port}\nstate:\n  rocksdb:\n    path: {state}\n", state = dir.join(format!("{}state", topics.prefix)).display()),
+            format!("kafka:\n  brokers: {BROKERS}\n  consumer:\n    fetchMaxWait: 2\n    maxPollRecords: 4096\n  producer:\n    lingerMs: 2\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\nstate:\n  rocksdb:\n    path: {state}\n", state = dir.join(format!("{}state", topics.prefix)).display()),
         )
         .unwrap();
         let child = Command::new(bin)

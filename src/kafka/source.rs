@@ -185,6 +185,9 @@ pub struct EventSource {
     pub safe: SafeOffsets,
 }
 
+/// librdkafka's `fetch.queue.backoff.ms` unless configured (its default is 1000).
+const FETCH_QUEUE_BACKOFF_MS: &str = "5";
+
 /// How often librdkafka reports statistics (consumer lag) by default.
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
@@ -209,6 +212,11 @@ impl EventSource {
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
             ("partition.assignment.strategy", "cooperative-sticky"),
+            // librdkafka waits 1 s before fetching again once its local queue
+            // is over its threshold: a pipeline slower than the fetch then
+            // idles for up to a second (measured: 0.4 of the throughput
+            // through the broker); 5 ms keeps fetching without spinning.
+            ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
         ]);
         let safe: SafeOffsets = Arc::new(Mutex::new(CommitOffsets::new()));
         let consumer: BaseConsumer<SourceContext> = client_config([&base, properties])
@@ -322,6 +330,7 @@ impl DimensionSource {
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
+            ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
         ]);
         let consumer: BaseConsumer = client_config([&base, properties])
             .create()
