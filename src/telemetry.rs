@@ -182,6 +182,14 @@ mod tests {
             line(&text, "kaflowsql_ready{"),
             Some("kaflowsql_ready{pipeline=\"p1\"} 0")
         );
+        // The partition is revoked: its lag reads 0 from then on.
+        if let Ok(mut lag) = m.consumer_lag().lock() {
+            lag.clear();
+        }
+        assert_eq!(
+            line(&r.render(), "kaflowsql_consumer_lag{"),
+            Some("kaflowsql_consumer_lag{pipeline=\"p1\",topic=\"orders\",partition=\"3\"} 0")
+        );
         assert!(!r.ready());
         m.set_ready(true);
         assert!(r.ready());

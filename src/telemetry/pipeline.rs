@@ -140,6 +140,8 @@ pub struct PipelineMetrics {
     events_total: AtomicU64,
     rate: Mutex<RateWindow>,
     consumer_lag: ConsumerLag,
+    /// Partitions whose lag gauge was set at the last scrape.
+    lag_reported: Mutex<std::collections::BTreeSet<(String, i32)>>,
 }
 
 #[derive(Debug)]
@@ -184,6 +186,7 @@ impl PipelineMetrics {
                 rate: 0.0,
             }),
             consumer_lag: ConsumerLag::default(),
+            lag_reported: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -286,16 +289,26 @@ impl PipelineMetrics {
             }
             self.events_per_second.set(w.rate);
         }
-        if let Ok(lag) = self.consumer_lag.lock() {
-            for ((topic, partition), v) in lag.iter() {
-                gauge!(
-                    "kaflowsql_consumer_lag",
-                    "pipeline" => self.name.clone(),
-                    "topic" => topic.clone(),
-                    "partition" => partition.to_string()
-                )
-                .set(*v as f64);
-            }
+        let (Ok(lag), Ok(mut reported)) = (self.consumer_lag.lock(), self.lag_reported.lock())
+        else {
+            return;
+        };
+        let lag_gauge = |(topic, partition): &(String, i32)| {
+            gauge!(
+                "kaflowsql_consumer_lag",
+                "pipeline" => self.name.clone(),
+                "topic" => topic.clone(),
+                "partition" => partition.to_string()
+            )
+        };
+        // A partition this instance no longer reads (revoked) reports 0, not
+        // its last lag: sums over instances stay right after a rebalance.
+        for gone in reported.iter().filter(|k| !lag.contains_key(*k)) {
+            lag_gauge(gone).set(0.0);
         }
+        for (key, v) in lag.iter() {
+            lag_gauge(key).set(*v as f64);
+        }
+        *reported = lag.keys().cloned().collect();
     }
 }
