@@ -17,9 +17,7 @@ use support::{localize, producer_on, read_topic_from, unique, Kaflowsql};
 fn the_pipeline_waits_out_a_broker_outage_and_loses_nothing() {
     let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
-    let root = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let root = support::repo_root();
     let dir = tempfile::tempdir().unwrap();
     let suffix = unique("fault").replace('-', "_");
     let (local, renames) = localize(&root.join("pipelines/trades.yaml"), dir.path(), &suffix);

@@ -29,9 +29,7 @@ struct Setup {
 /// Orders and their payments (payment i follows order i+5), on `partitions` partitions.
 fn setup(orders: usize, partitions: i32) -> Setup {
     require_broker();
-    let root = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let root = support::repo_root();
     let file = root.join("pipelines/orders.yaml");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -220,9 +218,7 @@ fn sigterm_commits_everything_delivered_so_a_restart_repeats_nothing() {
     // delivered record; the restart resumes the dimensions from the
     // checkpoint instead of reading them from the beginning.
     require_broker();
-    let root = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let root = support::repo_root();
     let dir = tempfile::tempdir().unwrap();
     let suffix = unique("term").replace('-', "_");
     let (local, renames) = localize(&root.join("pipelines/trades.yaml"), dir.path(), &suffix);

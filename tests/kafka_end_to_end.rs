@@ -17,9 +17,7 @@ use support::{create_topics, localize, producer, read_topic, require_broker, uni
 
 fn end_to_end(name: &str) {
     require_broker();
-    let root = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let root = support::repo_root();
     let file = root.join("pipelines").join(format!("{name}.yaml"));
     let fixtures = root.join("pipelines/fixtures").join(name);
     let input = read_input(&fixtures.join("input.jsonl")).unwrap();

@@ -15,9 +15,7 @@ use support::{create_topics, localize, producer, require_broker, unique, Kaflows
 #[test]
 fn metrics_readiness_and_cpu_profile() {
     require_broker();
-    let root = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let root = support::repo_root();
     let dir = tempfile::tempdir().unwrap();
     let suffix = unique("obs").replace('-', "_");
     let (local, renames) = localize(&root.join("pipelines/trades.yaml"), dir.path(), &suffix);
@@ -216,9 +214,7 @@ fn metrics_readiness_and_cpu_profile() {
 #[test]
 fn dimensions_are_read_to_their_end_before_any_output() {
     require_broker();
-    let root = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let root = support::repo_root();
     let dir = tempfile::tempdir().unwrap();
     let suffix = unique("dimend").replace('-', "_");
     let (local, renames) = localize(&root.join("pipelines/trades.yaml"), dir.path(), &suffix);

@@ -184,9 +184,7 @@ fn a_million_key_dimension_joins_correctly_under_a_small_memory_budget() {
     require_broker();
     let dir = tempfile::tempdir().unwrap();
     let suffix = unique("big").replace('-', "_");
-    let root = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let root = support::repo_root();
     let (local, renames) =
         support::localize(&root.join("pipelines/trades.yaml"), dir.path(), &suffix);
     let (trades, symbols, traders, output) = (
@@ -284,9 +282,7 @@ fn a_foreign_state_directory_stops_the_process_before_it_starts() {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(state.join("precious.db"), "not kaflowsql's").unwrap();
-    let root = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let root = support::repo_root();
     let out = Command::new(env!("CARGO_BIN_EXE_kaflowsql"))
         .arg("run")
         .arg(root.join("pipelines/trades.yaml"))
@@ -316,9 +312,7 @@ fn expired_records_are_not_joined_after_a_restart_and_compaction_removes_them() 
     require_broker();
     let dir = tempfile::tempdir().unwrap();
     let suffix = unique("ttl").replace('-', "_");
-    let root = std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
+    let root = support::repo_root();
     let (local, renames) =
         support::localize(&root.join("pipelines/orders.yaml"), dir.path(), &suffix);
     let (orders, payments, output) = (

@@ -237,6 +237,12 @@ pub fn read_topic_from(
     out
 }
 
+/// The repository root (read when the test runs, not when it was built: a
+/// shared build cache may hold a binary built from another checkout).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+}
+
 /// GET `path` from 127.0.0.1:`port` (HTTP/1.0: the reply is not chunked);
 /// (status, raw body bytes).
 pub fn http_get(port: u16, path: &str, timeout: Duration) -> Option<(u16, Vec<u8>)> {
