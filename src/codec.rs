@@ -8,6 +8,6 @@ mod key;
 mod value;
 
 pub use decode::{DecodeError, TopicSchema};
-pub use encode::{encode_json_rows, key_bytes};
+pub use encode::{encode_decoded_json, encode_json_rows, key_bytes};
 pub use key::{canonical_key, hash_key};
 pub use value::{ColumnType, Event, Value};

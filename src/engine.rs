@@ -12,28 +12,28 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use duckdb::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
-    UInt32Array,
-};
-use duckdb::arrow::compute::{concat_batches, take_record_batch};
-use duckdb::arrow::datatypes::{DataType, Field, Schema, UInt32Type};
+use duckdb::arrow::array::{Array, UInt32Array};
+use duckdb::arrow::compute::take_record_batch;
 use duckdb::arrow::error::ArrowError;
-use duckdb::arrow::record_batch::RecordBatch;
 
-use crate::codec::{
-    encode_json_rows, key_bytes, ColumnType, DecodeError, Event, TopicSchema, Value,
-};
+use crate::codec::{encode_json_rows, key_bytes, DecodeError, Event, TopicSchema};
 use crate::config::{Emission, OnTimeout, Pipeline};
 use crate::emit::{Held, HeldId};
-use crate::eval::{EvalError, Evaluator};
+use crate::eval::EvalError;
 use crate::join::{key_of, Joiner, LookupStats, Miss, Mode, Probe, Scratch, SourceState, Table};
 use crate::offsets::OffsetPins;
-use crate::sql::{ColumnRef, DuckSql, JoinKind, QueryPlan, Role};
+use crate::sql::{ColumnRef, JoinKind, QueryPlan, Role};
 use crate::state::{DimensionTable, ShardStats, StreamTable};
 use crate::store::{PipelineStore, StoreError};
 
+mod clock;
 mod durable;
+mod evaluate;
+
+pub use clock::NO_TIMESTAMP;
+use clock::{wall_clock_ms, Clock};
+pub(crate) use evaluate::is_condition;
+use evaluate::{BatchColumn, Evaluated, Evaluation};
 
 pub use durable::RestoreReport;
 
@@ -52,7 +52,8 @@ pub struct SourceRecord<'a> {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
-    /// Kafka timestamp, epoch milliseconds.
+    /// Kafka timestamp, epoch milliseconds ([`NO_TIMESTAMP`], or any
+    /// negative value, when the record has none).
     pub timestamp: i64,
     /// Kafka key.
     pub key: Option<&'a [u8]>,
@@ -110,6 +111,14 @@ pub struct DeadLetter {
     pub value: Option<Vec<u8>>,
     /// Why it was refused.
     pub reason: String,
+    /// The class of the reason, as the `kind` label of
+    /// `kaflowsql_errors_total{domain="data"}` (see [`crate::error::KINDS`]).
+    pub kind: &'static str,
+    /// True when `value` is not the record's original bytes but the JSON of
+    /// its decoded columns (a row that failed in SQL after its record's
+    /// micro-batch was gone); the caller puts the original back when it still
+    /// holds the record.
+    pub decoded_copy: bool,
 }
 
 /// What the engine produced since the caller last drained it.
@@ -162,6 +171,8 @@ pub struct EngineStats {
     pub evictions: u64,
     /// Micro-batches evaluated.
     pub batches: u64,
+    /// Event-stream records already expired on arrival (neither stored nor joined).
+    pub late: u64,
     /// Nanoseconds spent in DuckDB.
     pub sql_nanos: u64,
 }
@@ -181,6 +192,30 @@ pub enum EngineError {
     /// Durable state failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl crate::error::Classified for EngineError {
+    fn domain(&self) -> crate::error::Domain {
+        use crate::error::Domain;
+        match self {
+            EngineError::Eval(e) => e.domain(),
+            EngineError::Store(e) => e.domain(),
+            EngineError::Arrow(_) | EngineError::UnknownTopic(_) => Domain::Internal,
+        }
+    }
+
+    fn retry(&self) -> crate::error::Retry {
+        crate::error::Retry::Never
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            EngineError::Eval(e) => e.kind(),
+            EngineError::Store(e) => e.kind(),
+            EngineError::Arrow(_) => "arrow",
+            EngineError::UnknownTopic(_) => "bug",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,6 +239,8 @@ struct Group {
 struct TopicState {
     schema: TopicSchema,
     sources: Vec<usize>,
+    /// How long its records stay joinable (None: never expire).
+    ttl_ms: Option<i64>,
 }
 
 /// One pipeline's engine.
@@ -214,15 +251,13 @@ pub struct Engine {
     topics: Vec<TopicState>,
     topic_index: HashMap<String, u16>,
     sources: Vec<SourceState>,
-    watermark: i64,
-    /// Largest event time per topic: Some for event streams, None for dimensions.
-    stream_time: Vec<Option<i64>>,
+    /// Event time: the only owner of the watermark.
+    clock: Clock,
     held: Held,
     pins: OffsetPins,
     rows: Vec<Option<Arc<Event>>>,
     groups: Vec<Group>,
-    evaluator: Evaluator,
-    sql_cache: HashMap<Vec<Option<ColumnType>>, DuckSql>,
+    evaluation: Evaluation,
     stats: EngineStats,
     max_batch_rows: usize,
     since_sweep: u32,
@@ -335,19 +370,15 @@ impl Engine {
                     sources: (0..plan.sources.len())
                         .filter(|&s| sources[s].topic as usize == t)
                         .collect(),
+                    ttl_ms: pipeline.ttl_of(name),
                 }
             })
             .collect::<Vec<_>>();
         // The schema may have added key or timestamp columns after the query's
         // columns; source column indices stay valid because they come first.
-        let stream_time = topics
+        let streams: Vec<bool> = topics
             .iter()
-            .map(|t| {
-                t.sources
-                    .iter()
-                    .any(|&s| sources[s].role == Role::Stream)
-                    .then_some(i64::MIN)
-            })
+            .map(|t| t.sources.iter().any(|&s| sources[s].role == Role::Stream))
             .collect();
         let topic_index = topic_names
             .iter()
@@ -361,14 +392,12 @@ impl Engine {
             topics,
             topic_index,
             sources,
-            watermark: i64::MIN,
-            stream_time,
+            clock: Clock::new(&streams, pipeline.max_ahead_ms),
             held: Held::default(),
             pins: OffsetPins::default(),
             rows: Vec::new(),
             groups: Vec::new(),
-            evaluator: Evaluator::new()?,
-            sql_cache: HashMap::new(),
+            evaluation: Evaluation::new()?,
             stats: EngineStats::default(),
             max_batch_rows: DEFAULT_BATCH_ROWS,
             since_sweep: 0,
@@ -466,9 +495,9 @@ impl Engine {
             .map(|i| i as u16)
     }
 
-    /// The current watermark (largest event time seen).
+    /// The current watermark (see [`clock`]).
     pub fn watermark(&self) -> i64 {
-        self.watermark
+        self.clock.watermark()
     }
 
     /// Rows waiting for the next [`Engine::flush`].
@@ -486,18 +515,20 @@ impl Engine {
             return Err(EngineError::UnknownTopic(record.topic.to_string()));
         };
         self.stats.records += 1;
-        let dead = |reason: String| DeadLetter {
+        let dead = |kind: &'static str, reason: String| DeadLetter {
             topic: record.topic.to_string(),
             partition: record.partition,
             offset: record.offset,
             key: record.key.map(<[u8]>::to_vec),
             value: record.value.map(<[u8]>::to_vec),
             reason,
+            kind,
+            decoded_copy: false,
         };
         let Some(value) = record.value else {
             if let Some(reason) = self.tombstone(t, record.key) {
                 self.stats.dead_letters += 1;
-                out.dead_letters.push(dead(reason));
+                out.dead_letters.push(dead("tombstone", reason));
             }
             return Ok(());
         };
@@ -512,11 +543,26 @@ impl Engine {
             Ok(e) => Arc::new(e),
             Err(e) => {
                 self.stats.dead_letters += 1;
-                out.dead_letters.push(dead(reason_of(&e)));
+                out.dead_letters.push(dead("decode", reason_of(&e)));
                 return Ok(());
             }
         };
-        self.observe_time(t, event.timestamp);
+        if let Some(reason) = self.refuse_time(t, record.timestamp, event.timestamp) {
+            self.stats.dead_letters += 1;
+            out.dead_letters.push(dead("event_time", reason));
+            return Ok(());
+        }
+        if self.clock.is_stream(t)
+            && self
+                .clock
+                .is_late(event.timestamp, self.topics[t as usize].ttl_ms)
+        {
+            self.stats.late += 1;
+            return Ok(());
+        }
+        if let Some(wm) = self.clock.observe(t, event.timestamp) {
+            self.on_watermark(wm);
+        }
         let trigger = Origin::of(&event);
         for i in 0..self.topics[t as usize].sources.len() {
             let s = self.topics[t as usize].sources[i];
@@ -541,10 +587,12 @@ impl Engine {
 
     /// Moves the watermark forward without a record (an idle source's wall clock).
     pub fn advance_watermark(&mut self, to: i64, out: &mut Outputs) -> Result<(), EngineError> {
-        for m in self.stream_time.iter_mut().flatten() {
-            *m = (*m).max(to);
+        if let Some(wm) = self.clock.advance_all(to) {
+            self.on_watermark(wm);
         }
-        self.advance_to(to);
+        if let Some(e) = self.store_error.take() {
+            return Err(e.into());
+        }
         if !self.groups.is_empty()
             && self.rows.len() >= self.max_batch_rows * self.plan.sources.len()
         {
@@ -553,8 +601,30 @@ impl Engine {
         Ok(())
     }
 
+    /// Why the event time of a record of topic `t` cannot be used (its Kafka
+    /// timestamp `kafka`, its event time `ts`); None when it can. Event
+    /// streams, and dimensions with a TTL, need event time.
+    fn refuse_time(&self, t: u16, kafka: i64, ts: i64) -> Option<String> {
+        let needs_time = self.clock.is_stream(t) || self.topics[t as usize].ttl_ms.is_some();
+        if !needs_time {
+            return None;
+        }
+        let declared = self.topics[t as usize].schema.timestamp_column.is_some();
+        if !declared && kafka < 0 {
+            return Some(
+                "the record has no Kafka timestamp and its source declares no timestamp column (sources.<topic>.timestamp): its event time is unknown".to_string(),
+            );
+        }
+        self.clock.refuse(ts, wall_clock_ms())
+    }
+
     /// Evaluates every pending row and decides what is emitted.
     pub fn flush(&mut self, out: &mut Outputs) -> Result<(), EngineError> {
+        // Rows enumerated while a state read failed miss records: none of
+        // them may become output (the pipeline stops before committing).
+        if let Some(e) = self.store_error.take() {
+            return Err(e.into());
+        }
         self.sweep();
         if self.groups.is_empty() {
             self.rows.clear();
@@ -571,7 +641,7 @@ impl Engine {
                 return Err(e);
             }
         };
-        self.decide(&groups, result, out)?;
+        self.decide(&groups, &rows, result, out)?;
         self.rows = rows;
         self.rows.clear();
         self.stats.batches += 1;
@@ -608,35 +678,12 @@ impl Engine {
         refused
     }
 
-    /// Notes event time `ts` on topic `t`. The watermark is the smallest of
-    /// the event streams' largest timestamps (streams not seen yet do not hold
-    /// it back), so a stream read ahead of another does not expire the other's
-    /// records early. Dimensions do not move it.
-    fn observe_time(&mut self, t: u16, ts: i64) {
-        match self.stream_time.get_mut(t as usize) {
-            Some(Some(m)) => *m = (*m).max(ts),
-            // A dimension topic.
-            _ => return,
-        }
-        let wm = self
-            .stream_time
-            .iter()
-            .flatten()
-            .copied()
-            .filter(|&m| m > i64::MIN)
-            .min()
-            .unwrap_or(i64::MIN);
-        self.advance_to(wm);
-    }
-
-    fn advance_to(&mut self, to: i64) {
-        if to <= self.watermark {
-            return;
-        }
-        self.watermark = to;
+    /// The watermark moved to `wm`: held smart events whose timeout passed
+    /// are queued for their verdict.
+    fn on_watermark(&mut self, wm: i64) {
         if let Emission::Smart { .. } = self.emission {
             let mut due = std::mem::take(&mut self.ids);
-            self.held.due(self.watermark, &mut due);
+            self.held.due(wm, &mut due);
             for &id in &due {
                 let Some(h) = self.held.get(id) else { continue };
                 let event = h.event.clone();
@@ -656,7 +703,7 @@ impl Engine {
 
     fn sweep(&mut self) {
         self.since_sweep = 0;
-        let wm = self.watermark;
+        let wm = self.clock.watermark();
         let pins = &mut self.pins;
         for s in &mut self.sources {
             self.stats.evictions += match &mut s.table {
@@ -726,7 +773,7 @@ impl Engine {
                 self.fault_in(0, hash);
                 let drivers: Vec<Arc<Event>> = match &self.sources[0].table {
                     Table::Stream(t) => t
-                        .lookup(hash, &self.key_buf, self.watermark)
+                        .lookup(hash, &self.key_buf, self.clock.watermark())
                         .cloned()
                         .collect(),
                     _ => Vec::new(),
@@ -831,7 +878,7 @@ impl Engine {
             let joiner = Joiner {
                 plan: &self.plan,
                 sources: &self.sources,
-                watermark: self.watermark,
+                watermark: self.clock.watermark(),
             };
             let probes = if register {
                 Some(&mut self.probes)
@@ -880,94 +927,30 @@ impl Engine {
         });
     }
 
-    /// Runs DuckDB over the rows; returns the result and, per batch row, its result index.
+    /// Runs the evaluation stage over the first `count` rows of `rows`.
     fn evaluate(
         &mut self,
         rows: &[Option<Arc<Event>>],
         count: usize,
     ) -> Result<Option<Evaluated>, EngineError> {
-        if count == 0 {
-            return Ok(None);
-        }
-        let stride = self.plan.sources.len();
-        let mut refs: Vec<(ColumnRef, ColumnType)> = Vec::new();
-        let mut signature = Vec::new();
+        let mut columns = Vec::new();
         for (s, src) in self.plan.sources.iter().enumerate() {
             let schema = &self.topics[self.sources[s].topic as usize].schema;
             for c in 0..src.columns.len() {
-                let ty = schema.column_type(self.sources[s].columns[c]);
-                signature.push(ty);
-                if let Some(ty) = ty {
-                    refs.push((
-                        ColumnRef {
-                            source: s,
-                            column: c,
-                        },
-                        ty,
-                    ));
-                }
+                let topic_column = self.sources[s].columns[c];
+                columns.push(BatchColumn {
+                    column: ColumnRef {
+                        source: s,
+                        column: c,
+                    },
+                    topic_column,
+                    ty: schema.column_type(topic_column),
+                });
             }
         }
-        let mut fields = Vec::with_capacity(refs.len() + 1);
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(refs.len() + 1);
-        for &(r, ty) in &refs {
-            let topic_col = self.sources[r.source].columns[r.column];
-            let values = (0..count).map(|i| {
-                rows[i * stride + r.source]
-                    .as_ref()
-                    .map(|e| &e.values[topic_col])
-            });
-            let (dt, array) = build_array(ty, values, count);
-            fields.push(Field::new(
-                crate::sql::batch_column_name(&self.plan, r),
-                dt,
-                true,
-            ));
-            arrays.push(array);
-        }
-        fields.push(Field::new(crate::sql::ROW_COLUMN, DataType::UInt32, false));
-        arrays.push(std::sync::Arc::new(UInt32Array::from_iter_values(
-            0..count as u32,
-        )));
-        let input = RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), arrays)?;
-        let from = self.evaluator.from_clause();
-        let plan = &self.plan;
-        let sql = self.sql_cache.entry(signature.clone()).or_insert_with(|| {
-            let present = |r: ColumnRef| refs.iter().any(|(x, _)| *x == r);
-            let mut sql = DuckSql::build(plan, &from, &present);
-            sql.text = format!("{} /* shape {} */", sql.text, shape_id(&signature));
-            sql
-        });
-        let (text, has_filter) = (sql.text.clone(), sql.has_filter);
-        let started = Instant::now();
-        let batches = self.evaluator.evaluate(&text, input)?;
-        self.stats.sql_nanos += started.elapsed().as_nanos() as u64;
-        let Some(first) = batches.first() else {
-            return Ok(None);
-        };
-        let result = concat_batches(&first.schema(), &batches)?;
-        let outputs = self.plan.outputs.len();
-        let row_col = result
-            .column(result.num_columns() - 1)
-            .as_primitive_opt::<UInt32Type>()
-            .ok_or_else(|| ArrowError::CastError("__kf_row is not UINTEGER".into()))?
-            .clone();
-        let mut position = vec![u32::MAX; count];
-        for (i, r) in row_col.values().iter().enumerate() {
-            if let Some(p) = position.get_mut(*r as usize) {
-                *p = i as u32;
-            }
-        }
-        let keep = if has_filter {
-            Some(result.column(outputs).as_boolean().clone())
-        } else {
-            None
-        };
-        Ok(Some(Evaluated {
-            values: result.project(&(0..outputs).collect::<Vec<_>>())?,
-            keep,
-            position,
-        }))
+        let result = self.evaluation.run(&self.plan, &columns, rows, count);
+        self.stats.sql_nanos = self.evaluation.sql_nanos;
+        result
     }
 
     /// Stops holding `id` and unpins its offset; false if it was not held.
@@ -983,23 +966,48 @@ impl Engine {
         }
     }
 
+    /// A dead letter for `event`, whose row failed in SQL: its decoded
+    /// columns stand in for its original bytes until the caller swaps them.
+    fn dead_row(&self, event: &Event, reason: &str) -> DeadLetter {
+        let schema = &self.topics[event.topic as usize].schema;
+        let mut value = Vec::new();
+        crate::codec::encode_decoded_json(&schema.columns, &event.values, &mut value);
+        DeadLetter {
+            topic: schema.topic.clone(),
+            partition: event.partition,
+            offset: event.offset,
+            key: event.key.as_deref().map(<[u8]>::to_vec),
+            value: Some(value),
+            reason: reason.to_string(),
+            kind: "sql_row",
+            decoded_copy: true,
+        }
+    }
+
+    /// Decides, group by group in arrival order, which evaluated rows are
+    /// written; a group with a row that failed in SQL sends its driving
+    /// record to the dead letters instead (a held smart event is released).
     fn decide(
         &mut self,
         groups: &[Group],
+        rows: &[Option<Arc<Event>>],
         result: Option<Evaluated>,
         out: &mut Outputs,
     ) -> Result<(), EngineError> {
+        let stride = self.plan.sources.len();
         let mut picked: Vec<u32> = Vec::new();
         let mut origins: Vec<(Origin, Origin)> = Vec::new();
-        let kept = |ev: &Evaluated, row: usize| -> Option<u32> {
+        let mut dead: Vec<Origin> = Vec::new();
+        let kept = |ev: &Evaluated, row: usize| -> Option<bool> {
             let i = ev.position[row];
             if i == u32::MAX {
                 return None;
             }
-            match &ev.keep {
-                Some(k) if !k.value(i as usize) => None,
-                _ => Some(i),
-            }
+            Some(match &ev.keep {
+                // WHERE NULL keeps nothing, as in SQL.
+                Some(k) => k.is_valid(i as usize) && k.value(i as usize),
+                None => true,
+            })
         };
         let complete = |ev: &Evaluated, row: usize, require: &[usize]| -> bool {
             let i = ev.position[row];
@@ -1009,21 +1017,44 @@ impl Engine {
                     .all(|&c| !ev.values.column(c).is_null(i as usize))
         };
         for g in groups {
+            let failure = result.as_ref().and_then(|ev| {
+                g.rows
+                    .clone()
+                    .find_map(|r| ev.failure(r).map(str::to_string))
+            });
+            if let Some(why) = &failure {
+                let driving = rows.get(g.rows.start * stride).and_then(Option::as_ref);
+                if let Some(event) = driving {
+                    if !dead.contains(&g.driving) {
+                        dead.push(g.driving);
+                        let letter = self.dead_row(event, why);
+                        out.dead_letters.push(letter);
+                        self.stats.dead_letters += 1;
+                    }
+                }
+            }
+            let mut take = |ev: &Evaluated, row: usize, stats: &mut EngineStats| match kept(ev, row)
+            {
+                Some(true) => {
+                    picked.push(ev.position[row]);
+                    origins.push((g.driving, g.trigger));
+                }
+                Some(false) => stats.filtered += 1,
+                None => {}
+            };
             match g.kind {
                 GroupKind::Emit => {
                     let Some(ev) = &result else { continue };
                     for row in g.rows.clone() {
-                        match kept(ev, row) {
-                            Some(i) => {
-                                picked.push(i);
-                                origins.push((g.driving, g.trigger));
-                            }
-                            None => self.stats.filtered += 1,
-                        }
+                        take(ev, row, &mut self.stats);
                     }
                 }
                 GroupKind::Smart(id) => {
                     if self.held.get(id).is_none() {
+                        continue;
+                    }
+                    if failure.is_some() {
+                        self.release(id);
                         continue;
                     }
                     let Emission::Smart { require, .. } = &self.emission else {
@@ -1039,18 +1070,12 @@ impl Engine {
                         continue;
                     }
                     for row in done {
-                        match kept(ev, row) {
-                            Some(i) => {
-                                picked.push(i);
-                                origins.push((g.driving, g.trigger));
-                            }
-                            None => self.stats.filtered += 1,
-                        }
+                        take(ev, row, &mut self.stats);
                     }
                     self.release(id);
                 }
                 GroupKind::Timeout(id) => {
-                    if !self.release(id) {
+                    if !self.release(id) || failure.is_some() {
                         continue;
                     }
                     let emit = matches!(
@@ -1067,13 +1092,7 @@ impl Engine {
                     self.stats.timeouts_emitted += 1;
                     let Some(ev) = &result else { continue };
                     for row in g.rows.clone() {
-                        match kept(ev, row) {
-                            Some(i) => {
-                                picked.push(i);
-                                origins.push((g.driving, g.trigger));
-                            }
-                            None => self.stats.filtered += 1,
-                        }
+                        take(ev, row, &mut self.stats);
                     }
                 }
             }
@@ -1106,76 +1125,6 @@ impl Engine {
         }
         self.stats.emitted += ends.len() as u64;
         Ok(())
-    }
-}
-
-struct Evaluated {
-    values: RecordBatch,
-    keep: Option<duckdb::arrow::array::BooleanArray>,
-    position: Vec<u32>,
-}
-
-fn shape_id(signature: &[Option<ColumnType>]) -> String {
-    signature
-        .iter()
-        .map(|t| match t {
-            None => 'n',
-            Some(ColumnType::Boolean) => 'b',
-            Some(ColumnType::BigInt) => 'i',
-            Some(ColumnType::Double) => 'd',
-            Some(ColumnType::Varchar) => 's',
-            Some(ColumnType::Json) => 'j',
-        })
-        .collect()
-}
-
-fn build_array<'a>(
-    ty: ColumnType,
-    values: impl Iterator<Item = Option<&'a Value>>,
-    count: usize,
-) -> (DataType, ArrayRef) {
-    match ty {
-        ColumnType::Boolean => {
-            let mut b = BooleanBuilder::with_capacity(count);
-            for v in values {
-                b.append_option(match v {
-                    Some(Value::Bool(x)) => Some(*x),
-                    _ => None,
-                });
-            }
-            (DataType::Boolean, Arc::new(b.finish()))
-        }
-        ColumnType::BigInt => {
-            let mut b = Int64Builder::with_capacity(count);
-            for v in values {
-                b.append_option(match v {
-                    Some(Value::Int(x)) => Some(*x),
-                    _ => None,
-                });
-            }
-            (DataType::Int64, Arc::new(b.finish()))
-        }
-        ColumnType::Double => {
-            let mut b = Float64Builder::with_capacity(count);
-            for v in values {
-                b.append_option(match v {
-                    Some(Value::Float(x)) => Some(*x),
-                    Some(Value::Int(x)) => Some(*x as f64),
-                    _ => None,
-                });
-            }
-            (DataType::Float64, Arc::new(b.finish()))
-        }
-        ColumnType::Varchar | ColumnType::Json => {
-            let mut b = StringBuilder::with_capacity(count, count * 16);
-            for v in values {
-                match v {
-                    Some(Value::Str(s)) | Some(Value::Json(s)) => b.append_value(s),
-                    _ => b.append_null(),
-                }
-            }
-            (DataType::Utf8, Arc::new(b.finish()))
-        }
     }
 }
 

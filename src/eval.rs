@@ -188,6 +188,18 @@ impl Drop for Evaluator {
     }
 }
 
+impl crate::error::Classified for EvalError {
+    fn domain(&self) -> crate::error::Domain {
+        // Data-caused failures never reach here: the evaluation stage sends
+        // their rows to the dead letters. What is left is DuckDB itself.
+        crate::error::Domain::Internal
+    }
+
+    fn kind(&self) -> &'static str {
+        "sql"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,10 @@ pub enum KafkaError {
         /// Its partition count.
         count: usize,
     },
+    /// Shutdown was requested while the producer's queue was full: the record
+    /// was not produced, and its epoch is never committed.
+    #[error("shutdown requested while waiting for room in the producer queue")]
+    Interrupted,
     /// The producer could not deliver a record: the pipeline stops.
     #[error("delivery to `{topic}` failed: {reason}")]
     Delivery {
@@ -125,4 +129,112 @@ pub mod headers {
     pub const DLQ_REASON: &str = "kaflowsql.dlq.reason";
     /// The pipeline that refused it.
     pub const DLQ_PIPELINE: &str = "kaflowsql.dlq.pipeline";
+    /// `original` when the dead letter carries the record's own key and
+    /// value; `decoded-columns` when its value is the JSON of the columns the
+    /// query read (a row that failed in SQL after its record's micro-batch).
+    pub const DLQ_VALUE: &str = "kaflowsql.dlq.value";
+}
+
+impl crate::error::Classified for KafkaError {
+    fn domain(&self) -> crate::error::Domain {
+        use crate::error::Domain;
+        use rdkafka::error::KafkaError as Rd;
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        match self {
+            KafkaError::Client { source, .. } => match source {
+                // librdkafka refused its configuration (an unknown property,
+                // an unsupported value): waiting cannot fix it.
+                Rd::ClientConfig(..) | Rd::ClientCreation(_) => Domain::Config,
+                other => match other.rdkafka_error_code() {
+                    Some(
+                        Code::Authentication
+                        | Code::SaslAuthenticationFailed
+                        | Code::TopicAuthorizationFailed
+                        | Code::GroupAuthorizationFailed
+                        | Code::ClusterAuthorizationFailed
+                        | Code::InvalidConfig
+                        | Code::UnsupportedSASLMechanism,
+                    ) => Domain::Config,
+                    _ => Domain::External,
+                },
+            },
+            KafkaError::NotCoPartitioned { .. } | KafkaError::NoSuchPartition { .. } => {
+                Domain::Config
+            }
+            KafkaError::MissingTopic { .. }
+            | KafkaError::Delivery { .. }
+            | KafkaError::Interrupted => Domain::External,
+        }
+    }
+
+    fn retry(&self) -> crate::error::Retry {
+        use crate::error::{Domain, Retry};
+        match self {
+            // Undeliverable after librdkafka's own retries (message.timeout.ms).
+            KafkaError::Delivery { .. } | KafkaError::Interrupted => Retry::Never,
+            _ if self.domain() == Domain::External => Retry::WithBackoff,
+            _ => Retry::Never,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        use crate::error::Domain;
+        match self {
+            KafkaError::Client { .. } if self.domain() == Domain::Config => "kafka_client_config",
+            KafkaError::Client { .. } => "kafka_client",
+            KafkaError::MissingTopic { .. } => "missing_topic",
+            KafkaError::NotCoPartitioned { .. } => "not_co_partitioned",
+            KafkaError::NoSuchPartition { .. } => "no_such_partition",
+            KafkaError::Delivery { .. } | KafkaError::Interrupted => "delivery",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{Classified, Domain, Retry};
+    use rdkafka::error::KafkaError as Rd;
+    use rdkafka::types::RDKafkaErrorCode as Code;
+
+    #[test]
+    fn errors_that_cannot_heal_are_not_retried() {
+        let refused = KafkaError::client(
+            "cannot create the producer",
+            Rd::ClientCreation(
+                "Unsupported value \"SASL_SSL\" for configuration property \"security.protocol\""
+                    .into(),
+            ),
+        );
+        assert_eq!(
+            (refused.domain(), refused.retry()),
+            (Domain::Config, Retry::Never)
+        );
+        assert_eq!(refused.kind(), "kafka_client_config");
+        let auth = KafkaError::client(
+            "commit failed",
+            Rd::ConsumerCommit(Code::SaslAuthenticationFailed),
+        );
+        assert_eq!(auth.domain(), Domain::Config);
+        let down = KafkaError::client(
+            "cannot read metadata",
+            Rd::MetadataFetch(Code::BrokerTransportFailure),
+        );
+        assert_eq!(
+            (down.domain(), down.retry()),
+            (Domain::External, Retry::WithBackoff)
+        );
+        let co = KafkaError::NotCoPartitioned { detail: "x".into() };
+        assert_eq!((co.domain(), co.retry()), (Domain::Config, Retry::Never));
+        assert_eq!(KafkaError::Interrupted.retry(), Retry::Never);
+        let missing = KafkaError::MissingTopic {
+            topic: "t".into(),
+            brokers: "b".into(),
+        };
+        assert_eq!(
+            missing.retry(),
+            Retry::WithBackoff,
+            "a topic may be created later"
+        );
+    }
 }

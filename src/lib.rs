@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config;
 pub mod emit;
 pub mod engine;
+pub mod error;
 pub mod eval;
 pub mod join;
 pub mod kafka;

@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use tracing::{error, info};
 
 use kaflowsql::config::{GlobalConfig, Pipeline};
+use kaflowsql::error::{Classified, Domain};
 use kaflowsql::kafka::source::Ownership;
 use kaflowsql::store::StateDb;
 use kaflowsql::telemetry::{self, Registry};
@@ -136,37 +137,78 @@ pub fn run(
     for p in pipelines {
         let metrics = registry.pipeline(&p.name);
         let (global, options, shutdown) = (global.clone(), options.clone(), shutdown.clone());
+        let registry = registry.clone();
         let handle = std::thread::Builder::new()
             .name(format!("pipeline-{}", p.name))
             .spawn(move || {
-                let result = run_pipeline(&p, &global, &options, metrics, shutdown.clone());
-                if result.is_err() {
-                    // One pipeline failing stops the process: the orchestrator restarts it.
+                // A pipeline that fails or panics stops the process (health
+                // turns 503, the others drain), so the orchestrator restarts it.
+                let run = || run_pipeline(&p, &global, &options, metrics.clone(), shutdown.clone());
+                let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+                    Ok(Ok(())) => Outcome::Stopped,
+                    Ok(Err(e)) => {
+                        error!(pipeline = %p.name, error = %e, domain = %e.domain(), kind = e.kind(), "Pipeline failed; stopping the process.");
+                        metrics.error(e.domain(), e.kind());
+                        registry.set_failed(e.to_string());
+                        Outcome::Failed(e.to_string(), e.domain())
+                    }
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic".to_string());
+                        let why = format!("pipeline `{}` panicked (this is a bug): {what}", p.name);
+                        error!(pipeline = %p.name, panic = %what, "Pipeline panicked (this is a bug); stopping the process.");
+                        metrics.error(Domain::Internal, "bug");
+                        registry.set_failed(why.clone());
+                        Outcome::Panicked(why)
+                    }
+                };
+                if !matches!(outcome, Outcome::Stopped) {
                     shutdown.store(true, Ordering::Relaxed);
                 }
-                result
+                outcome
             })
             .context("cannot start a pipeline thread")?;
         threads.push(handle);
     }
-    let mut failed = false;
+    let mut code = ExitCode::SUCCESS;
+    let mut worst = 0;
     for t in threads {
-        match t.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                error!(error = %e, "Pipeline failed.");
+        let outcome = t
+            .join()
+            .unwrap_or_else(|_| Outcome::Panicked("a pipeline thread panicked".into()));
+        let (rank, exit) = match &outcome {
+            Outcome::Stopped => (0, ExitCode::SUCCESS),
+            Outcome::Failed(e, domain) => {
                 eprintln!("error: {e}");
-                failed = true;
+                let rank = match domain {
+                    Domain::Internal => 3,
+                    Domain::Config => 2,
+                    _ => 1,
+                };
+                (rank, ExitCode::from(domain.exit_code()))
             }
-            Err(_) => {
-                error!("A pipeline thread panicked (this is a bug).");
-                failed = true;
+            Outcome::Panicked(e) => {
+                eprintln!("error: {e}");
+                (3, ExitCode::from(Domain::Internal.exit_code()))
             }
+        };
+        if rank > worst {
+            worst = rank;
+            code = exit;
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(code)
+}
+
+/// How a pipeline thread ended.
+enum Outcome {
+    /// Drained after a shutdown request.
+    Stopped,
+    /// Stopped on an error of a domain.
+    Failed(String, Domain),
+    /// Panicked.
+    Panicked(String),
 }

@@ -5,9 +5,11 @@
 //! Only what kaflowsql can run incrementally is accepted; everything else is
 //! refused with a [`SqlError`] that points at the SQL text and says what to do.
 
+mod bind;
 mod plan;
 mod rewrite;
 
+pub use bind::bind;
 pub use plan::plan_query;
 pub use rewrite::{batch_column_name, referenced_columns, DuckSql, KEEP_COLUMN, ROW_COLUMN};
 

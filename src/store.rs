@@ -414,3 +414,33 @@ fn prepare_directory(path: &Path) -> Result<(), StoreError> {
         }),
     }
 }
+
+impl crate::error::Classified for StoreError {
+    fn domain(&self) -> crate::error::Domain {
+        use crate::error::Domain;
+        match self {
+            // The operator has to move, free or reset the directory.
+            StoreError::Foreign { .. }
+            | StoreError::Locked { .. }
+            | StoreError::Version { .. }
+            | StoreError::Open { .. } => Domain::Config,
+            StoreError::Io { .. }
+            | StoreError::Rocks { .. }
+            | StoreError::Write(_)
+            | StoreError::Corrupt { .. } => Domain::External,
+        }
+    }
+
+    fn retry(&self) -> crate::error::Retry {
+        // A failed state read or write stops the pipeline: its last checkpoint
+        // stands, and a restart resumes from it.
+        crate::error::Retry::Never
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.domain() {
+            crate::error::Domain::Config => "state_directory",
+            _ => "state_io",
+        }
+    }
+}

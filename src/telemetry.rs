@@ -35,6 +35,8 @@ pub struct Registry {
     handle: PrometheusHandle,
     pipelines: Mutex<Vec<Arc<PipelineMetrics>>>,
     state: OnceLock<Arc<crate::store::StateDb>>,
+    /// The first pipeline failure: `/healthz` and `/readyz` answer 503 from then on.
+    failure: OnceLock<String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -64,6 +66,7 @@ impl Registry {
             handle,
             pipelines: Mutex::new(Vec::new()),
             state: OnceLock::new(),
+            failure: OnceLock::new(),
         }
     }
 
@@ -100,6 +103,17 @@ impl Registry {
             }
         });
         self.handle.render()
+    }
+
+    /// Records that a pipeline failed (the first failure is kept): the
+    /// process is going down, and health says so.
+    pub fn set_failed(&self, why: impl Into<String>) {
+        let _ = self.failure.set(why.into());
+    }
+
+    /// Why a pipeline failed, if one did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// True when every pipeline is ready.
@@ -193,6 +207,10 @@ mod tests {
         assert!(!r.ready());
         m.set_ready(true);
         assert!(r.ready());
+        assert_eq!(r.failure(), None);
+        r.set_failed("pipeline `p1`: boom");
+        r.set_failed("a later failure");
+        assert_eq!(r.failure(), Some("pipeline `p1`: boom"));
         assert_eq!(
             line(&r.render(), "kaflowsql_ready{"),
             Some("kaflowsql_ready{pipeline=\"p1\"} 1")

@@ -51,8 +51,9 @@ struct InputLine {
     value: Option<Json>,
     #[serde(default)]
     raw: Option<String>,
+    /// Absent or null: the record has no Kafka timestamp.
     #[serde(default)]
-    timestamp: i64,
+    timestamp: Option<i64>,
     #[serde(default)]
     partition: i32,
 }
@@ -112,7 +113,7 @@ pub fn read_input(file: &Path) -> Result<Vec<Recorded>, TestError> {
             topic: rec.topic,
             partition: rec.partition,
             offset: *offset,
-            timestamp: rec.timestamp,
+            timestamp: rec.timestamp.unwrap_or(crate::engine::NO_TIMESTAMP),
             key: rec.key.as_ref().filter(|k| !k.is_null()).map(json_bytes),
             value,
         });
@@ -162,6 +163,17 @@ pub fn run(engine: &mut Engine, records: &[Recorded]) -> Result<RunOutput, TestE
         )?;
     }
     engine.flush(&mut outputs)?;
+    // Rows that failed in SQL carry their decoded columns: put the recorded bytes back.
+    for dead in outputs.dead_letters.iter_mut().filter(|d| d.decoded_copy) {
+        let original = records.iter().find(|r| {
+            r.topic == dead.topic && r.partition == dead.partition && r.offset == dead.offset
+        });
+        if let Some(r) = original {
+            dead.key = r.key.clone();
+            dead.value = r.value.clone();
+            dead.decoded_copy = false;
+        }
+    }
     Ok(RunOutput {
         lines: outputs
             .rows

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use tracing::{error, info, warn};
 
 use crate::config::{Emission, GlobalConfig, Pipeline};
 use crate::engine::{Engine, EngineError, Outputs, SourceRecord};
+use crate::error::{Classified, Domain, LogLimit, Retry};
 use crate::kafka::dlq::dead_letter_headers;
 use crate::kafka::sink::{CommitOffsets, Delivered, Sink};
 use crate::kafka::source::{DimensionSource, EventSource, Ownership};
@@ -45,6 +46,29 @@ pub enum RunError {
         /// The failure.
         source: Box<EngineError>,
     },
+}
+
+impl Classified for RunError {
+    fn domain(&self) -> Domain {
+        match self {
+            RunError::Kafka { source, .. } => source.domain(),
+            RunError::Engine { source, .. } => source.domain(),
+        }
+    }
+
+    fn retry(&self) -> Retry {
+        match self {
+            RunError::Kafka { source, .. } => source.retry(),
+            RunError::Engine { source, .. } => source.retry(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            RunError::Kafka { source, .. } => source.kind(),
+            RunError::Engine { source, .. } => source.kind(),
+        }
+    }
 }
 
 /// How to run.
@@ -113,12 +137,12 @@ impl Runner<'_> {
         }
     }
 
-    /// Pushes one record; dead letters go out at once with the record's headers.
-    fn push(
-        &mut self,
-        m: &rdkafka::message::BorrowedMessage<'_>,
-        track: bool,
-    ) -> Result<(), RunError> {
+    /// Pushes one record (the last of `batch`, the records of the current
+    /// micro-batch so far); dead letters go out at once.
+    fn push(&mut self, batch: &[BorrowedMessage<'_>], track: bool) -> Result<(), RunError> {
+        let Some(m) = batch.last() else {
+            return Ok(());
+        };
         let Some(t) = self.engine.topic_index(m.topic()) else {
             return Ok(());
         };
@@ -132,51 +156,82 @@ impl Runner<'_> {
             // Already reflected by restored state, its outputs delivered.
             return Ok(());
         }
-        let before = self.out.dead_letters.len();
         let record = SourceRecord {
             topic: m.topic(),
             partition: m.partition(),
             offset: m.offset(),
-            timestamp: m.timestamp().to_millis().unwrap_or(0),
+            timestamp: m
+                .timestamp()
+                .to_millis()
+                .unwrap_or(crate::engine::NO_TIMESTAMP),
             key: m.key(),
             value: m.payload(),
         };
         self.engine
             .push(&record, &mut self.out)
             .map_err(|e| self.engine_err(e))?;
-        if self.out.dead_letters.len() > before {
-            let original: Vec<(String, Vec<u8>)> = {
-                use rdkafka::message::Headers;
-                m.headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default()
+        self.send_dead_letters(batch)
+    }
+
+    /// Produces every pending dead letter, each with its record's original
+    /// key, value and headers when `batch` still holds the record.
+    fn send_dead_letters(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<(), RunError> {
+        if self.out.dead_letters.is_empty() {
+            return Ok(());
+        }
+        for mut dead in std::mem::take(&mut self.out.dead_letters) {
+            let original = batch.iter().rev().find(|m| {
+                m.offset() == dead.offset
+                    && m.partition() == dead.partition
+                    && m.topic() == dead.topic
+            });
+            let headers: Vec<(String, Vec<u8>)> = match original {
+                Some(m) => {
+                    if dead.decoded_copy {
+                        dead.key = m.key().map(<[u8]>::to_vec);
+                        dead.value = m.payload().map(<[u8]>::to_vec);
+                        dead.decoded_copy = false;
+                    }
+                    use rdkafka::message::Headers;
+                    m.headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                }
+                None => Vec::new(),
             };
-            for dead in self.out.dead_letters.drain(before..).collect::<Vec<_>>() {
-                let h = dead_letter_headers(&self.pipeline.name, &dead, &original);
-                self.sink
-                    .send(
-                        &self.pipeline.output.dlq_topic,
-                        dead.key.as_deref(),
-                        dead.value.as_deref().unwrap_or_default(),
-                        h,
-                    )
-                    .map_err(|e| self.kafka(e))?;
-                self.metrics.dlq_records(1);
-            }
+            let h = dead_letter_headers(&self.pipeline.name, &dead, &headers);
+            self.sink
+                .send(
+                    &self.pipeline.output.dlq_topic,
+                    dead.key.as_deref(),
+                    dead.value.as_deref().unwrap_or_default(),
+                    h,
+                )
+                .map_err(|e| self.kafka(e))?;
+            self.metrics.dlq_records(1);
+            self.metrics.error(Domain::Data, dead.kind);
         }
         Ok(())
     }
 
-    /// Evaluates pending rows, produces them and seals the epoch.
-    fn flush(&mut self, started: Option<Instant>, events: u64) -> Result<(), RunError> {
+    /// Evaluates pending rows, produces them and seals the epoch; `batch`
+    /// holds the micro-batch's records (for the dead letters of rows that
+    /// failed in SQL).
+    fn flush(
+        &mut self,
+        started: Option<Instant>,
+        events: u64,
+        batch: &[BorrowedMessage<'_>],
+    ) -> Result<(), RunError> {
         let sql_before = self.engine.stats().sql_nanos;
         self.engine
             .flush(&mut self.out)
             .map_err(|e| self.engine_err(e))?;
+        self.send_dead_letters(batch)?;
         for row in &self.out.rows {
             let h = with_source_headers(
                 OwnedHeaders::new_with_capacity(3),
@@ -255,20 +310,29 @@ impl Runner<'_> {
     }
 }
 
+/// Runs `attempt` until it succeeds, retrying with backoff (0.5 s doubling
+/// to 30 s) while its error says it may heal; an error that cannot heal (a
+/// client configuration refused, topics not co-partitioned) returns at once.
+/// None: shutdown was requested while waiting.
 fn connect<T>(
     what: &str,
     shutdown: &AtomicBool,
+    metrics: &PipelineMetrics,
     mut attempt: impl FnMut() -> Result<T, KafkaError>,
 ) -> Result<Option<T>, KafkaError> {
     let mut backoff = Duration::from_millis(500);
+    let mut limit = LogLimit::new(Duration::from_secs(10));
     loop {
         match attempt() {
             Ok(v) => return Ok(Some(v)),
-            Err(e @ (KafkaError::NotCoPartitioned { .. } | KafkaError::NoSuchPartition { .. })) => {
-                return Err(e)
-            }
             Err(e) => {
-                warn!(error = %e, "Cannot {what} yet; retrying in {:?}.", backoff);
+                metrics.error(e.domain(), e.kind());
+                if e.retry() == Retry::Never {
+                    return Err(e);
+                }
+                if let Some(suppressed) = limit.allow() {
+                    warn!(error = %e, domain = %e.domain(), suppressed, "Cannot {what} yet; retrying in {:?}.", backoff);
+                }
                 let until = Instant::now() + backoff;
                 while Instant::now() < until {
                     if shutdown.load(Ordering::Relaxed) {
@@ -352,8 +416,8 @@ pub fn run_pipeline(
         .unwrap_or(4096)
         .max(1) as usize;
 
-    let sink = match connect("create the producer", &shutdown, || {
-        Sink::new(&global.producer_properties())
+    let sink = match connect("create the producer", &shutdown, &metrics, || {
+        Sink::new(&global.producer_properties()).map(|s| s.with_shutdown(shutdown.clone()))
     })
     .map_err(kafka)?
     {
@@ -377,7 +441,7 @@ pub fn run_pipeline(
     let mut dimensions = if dims.is_empty() {
         None
     } else {
-        match connect("read the dimension topics", &shutdown, || {
+        match connect("read the dimension topics", &shutdown, &metrics, || {
             DimensionSource::start(
                 &dims,
                 &consumer_props,
@@ -393,6 +457,9 @@ pub fn run_pipeline(
         }
     };
     let started = Instant::now();
+    let mut dimension_log = LogLimit::new(Duration::from_secs(10));
+    let mut consume_log = LogLimit::new(Duration::from_secs(10));
+    let mut commit_log = LogLimit::new(Duration::from_secs(10));
     if let Some(d) = dimensions.as_mut() {
         let mut loaded: u64 = 0;
         metrics.dimension_partitions_pending(d.remaining());
@@ -401,20 +468,25 @@ pub fn run_pipeline(
                 Some(Ok(m)) => {
                     let (topic, partition, offset) =
                         (m.topic().to_string(), m.partition(), m.offset());
-                    runner.push(&m, false)?;
+                    runner.push(&[m], false)?;
                     loaded += 1;
                     d.progressed(&topic, partition, offset);
                 }
-                Some(Err(error)) => warn!(%error, "Dimension read failed; retrying."),
+                Some(Err(error)) => {
+                    metrics.error(Domain::External, "dimension_read");
+                    if let Some(suppressed) = dimension_log.allow() {
+                        warn!(%error, suppressed, "Dimension read failed; retrying.");
+                    }
+                }
                 None => d.idle(),
             }
             metrics.dimension_partitions_pending(d.remaining());
         }
-        runner.flush(None, 0)?;
+        runner.flush(None, 0, &[])?;
         info!(pipeline = %pipeline.name, topics = ?dims, records = loaded, elapsed = ?started.elapsed(), "Dimensions loaded.");
     }
 
-    let source = match connect("consume the event streams", &shutdown, || {
+    let source = match connect("consume the event streams", &shutdown, &metrics, || {
         EventSource::start(
             &pipeline.name,
             &pipeline.consumer_group,
@@ -456,22 +528,33 @@ pub fn run_pipeline(
             metrics.set_ready(true);
             ready = true;
         }
+        // The micro-batch's records, held until it is evaluated (dead letters
+        // of rows that fail in SQL carry their original bytes).
+        let mut batch: Vec<BorrowedMessage<'_>> = Vec::new();
+        let mut failed: Option<RunError> = None;
         // Dimension updates keep flowing in.
         let mut pushed_dimensions = 0u64;
         if let Some(d) = dimensions.as_ref() {
             for _ in 0..max_poll {
                 match d.consumer.poll(Duration::ZERO) {
                     Some(Ok(m)) => {
-                        runner.push(&m, false)?;
+                        batch.push(m);
+                        runner.push(&batch, false)?;
                         pushed_dimensions += 1;
                     }
                     Some(Err(error)) => {
-                        warn!(%error, "Dimension read failed.");
+                        metrics.error(Domain::External, "dimension_read");
+                        if let Some(suppressed) = dimension_log.allow() {
+                            warn!(%error, suppressed, "Dimension read failed.");
+                        }
                         break;
                     }
                     None => break,
                 }
             }
+        }
+        if let Some(e) = failed.take() {
+            break Err(e);
         }
         let batch_started = Instant::now();
         let mut n = 0u64;
@@ -479,16 +562,26 @@ pub fn run_pipeline(
         while (n as usize) < max_poll {
             match source.consumer.poll(wait) {
                 Some(Ok(m)) => {
-                    runner.push(&m, true)?;
+                    batch.push(m);
+                    if let Err(e) = runner.push(&batch, true) {
+                        failed = Some(e);
+                        break;
+                    }
                     n += 1;
                     wait = Duration::ZERO;
                 }
                 Some(Err(error)) => {
-                    warn!(%error, "Consume failed; librdkafka retries.");
+                    metrics.error(Domain::External, "consume");
+                    if let Some(suppressed) = consume_log.allow() {
+                        warn!(%error, suppressed, "Consume failed; librdkafka retries.");
+                    }
                     break;
                 }
                 None => break,
             }
+        }
+        if let Some(e) = failed.take() {
+            break Err(e);
         }
         if n > 0 {
             last_event = Instant::now();
@@ -511,10 +604,11 @@ pub fn run_pipeline(
             || runner.engine.pending_rows() > 0
             || !runner.out.rows.is_empty()
         {
-            if let Err(e) = runner.flush(Some(batch_started), n) {
+            if let Err(e) = runner.flush(Some(batch_started), n, &batch) {
                 break Err(e);
             }
         }
+        drop(batch);
         match runner.sink.poll(Duration::ZERO) {
             Ok(Some(done)) => {
                 runner.delivered(&done);
@@ -538,16 +632,27 @@ pub fn run_pipeline(
             }
             let offsets = std::mem::take(&mut uncommitted);
             if let Err(error) = source.commit(&offsets, CommitMode::Async) {
-                warn!(%error, "Commit failed; it is retried with the next one.");
+                metrics.error(Domain::External, "commit");
+                if let Some(suppressed) = commit_log.allow() {
+                    warn!(%error, suppressed, "Commit failed; it is retried with the next one.");
+                }
             }
             last_commit = Instant::now();
         }
     };
 
-    // Drain: evaluate what is pending, deliver everything, commit what was delivered.
+    // Drain: evaluate what is pending, deliver everything, commit what was
+    // delivered. A stop requested while the producer's queue was full is a
+    // clean stop: the record that did not fit is not committed.
     metrics.set_ready(false);
+    let interrupted = matches!(&result, Err(RunError::Kafka { source, .. }) if matches!(**source, KafkaError::Interrupted));
+    let result = if interrupted { Ok(()) } else { result };
     let drained = match &result {
-        Ok(()) => runner.flush(None, 0).and_then(|()| {
+        Ok(()) if interrupted => runner
+            .sink
+            .drain(options.drain_timeout)
+            .map_err(|e| runner.kafka(e)),
+        Ok(()) => runner.flush(None, 0, &[]).and_then(|()| {
             runner
                 .sink
                 .drain(options.drain_timeout)

@@ -122,11 +122,17 @@ fn the_plan_for_a_fresh_machine_holds_every_requirement_it_lacks() {
             met || planned,
             "requirement {alts:?} ({group}) is neither on the fresh image nor in the plan {all:?}"
         );
-        assert!(!(met && planned), "{alts:?} is installed already but planned");
+        assert!(
+            !(met && planned),
+            "{alts:?} is installed already but planned"
+        );
         if group == "build" {
             assert_eq!(build.contains(&alts[0]), planned, "--build plans {alts:?}");
         } else {
-            assert!(!build.contains(&alts[0]), "--build plans the test need {alts:?}");
+            assert!(
+                !build.contains(&alts[0]),
+                "--build plans the test need {alts:?}"
+            );
         }
     }
     // A machine that has everything installs nothing.
@@ -146,7 +152,10 @@ const NATIVE: &[(&str, &[&str])] = &[
     ("librocksdb-sys", &["libclang-dev", "g++"]),
     ("bindgen", &["libclang-dev"]),
     ("clang-sys", &["libclang-dev"]),
-    ("rdkafka-sys", &["cmake", "libcurl4-openssl-dev", "zlib1g-dev", "g++"]),
+    (
+        "rdkafka-sys",
+        &["cmake", "libcurl4-openssl-dev", "zlib1g-dev", "g++"],
+    ),
     ("cmake", &["cmake"]),
     ("cc", &["g++"]),
     ("pkg-config", &["pkg-config"]),
@@ -255,11 +264,14 @@ fn commands() -> BTreeMap<String, String> {
                 continue;
             }
             for segment in code.split(['|', ';', '&', '(', ')', '`', '{', '}']) {
-                let word = segment
-                    .split_whitespace()
-                    .find(|w| !w.contains('=') && !matches!(*w, "!" | "then" | "do" | "else" | "exec" | "nohup" | "time"));
+                let word = segment.split_whitespace().find(|w| {
+                    !w.contains('=')
+                        && !matches!(*w, "!" | "then" | "do" | "else" | "exec" | "nohup" | "time")
+                });
                 if let Some(w) = word {
-                    if w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+                    if w.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+                    {
                         found.insert(w.to_string(), p.display().to_string());
                     }
                 }
@@ -301,7 +313,20 @@ fn commands_of_the_scripts_and_tests_come_from_the_fresh_image_or_the_plan() {
             continue;
         }
         let real = std::fs::canonicalize(&path).unwrap_or_else(|_| PathBuf::from(&path));
-        let owners: Vec<String> = [PathBuf::from(&path), real]
+        // dpkg knows a file by the path its package ships, which may be the
+        // other side of the /bin -> /usr/bin merge.
+        let mut candidates = vec![PathBuf::from(&path), real.clone()];
+        for p in [PathBuf::from(&path), real] {
+            let text = p.display().to_string();
+            for (merged, plain) in [("/usr/bin/", "/bin/"), ("/usr/sbin/", "/sbin/")] {
+                if let Some(rest) = text.strip_prefix(merged) {
+                    candidates.push(PathBuf::from(format!("{plain}{rest}")));
+                } else if let Some(rest) = text.strip_prefix(plain) {
+                    candidates.push(PathBuf::from(format!("{merged}{rest}")));
+                }
+            }
+        }
+        let owners: Vec<String> = candidates
             .iter()
             .filter_map(|p| {
                 let out = Command::new("dpkg").arg("-S").arg(p).output().ok()?;
@@ -311,7 +336,10 @@ fn commands_of_the_scripts_and_tests_come_from_the_fresh_image_or_the_plan() {
             .flat_map(|t| {
                 t.lines()
                     .filter_map(|l| l.split(": ").next())
-                    .flat_map(|o| o.split(", ").map(|x| x.split(':').next().unwrap_or(x).trim().to_string()))
+                    .flat_map(|o| {
+                        o.split(", ")
+                            .map(|x| x.split(':').next().unwrap_or(x).trim().to_string())
+                    })
                     .collect::<Vec<_>>()
             })
             .collect();

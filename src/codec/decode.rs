@@ -236,10 +236,12 @@ fn timestamp_of(column: &str, value: &Value) -> Result<i64, DecodeError> {
     match value {
         Value::Int(ms) => Ok(*ms),
         Value::Float(ms) if ms.is_finite() => Ok(*ms as i64),
-        Value::Str(s) => humantime::parse_rfc3339_weak(s)
+        // RFC 3339 in every form it allows (any offset, `T`/`t`/space,
+        // `Z`/`z`, fractions, years before 1970), or epoch milliseconds as text.
+        Value::Str(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
+            .map(|t| t.timestamp_millis())
             .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .or_else(|| s.trim().parse::<i64>().ok())
             .ok_or_else(|| DecodeError::BadTimestamp {
                 column: column.to_string(),
                 found: s.to_string(),
@@ -458,5 +460,27 @@ mod tests {
         assert!(s
             .decode(0, 0, 0, 5, None, br#"{"ts":"yesterday"}"#)
             .is_err());
+    }
+
+    #[test]
+    fn every_rfc3339_form_parses() {
+        let cases = [
+            ("2100-01-01T01:00:00+01:00", 4_102_444_800_000),
+            ("2099-12-31T23:00:00-01:00", 4_102_444_800_000),
+            ("2100-01-01t00:00:00z", 4_102_444_800_000),
+            ("2100-01-01 00:00:00Z", 4_102_444_800_000),
+            ("2023-11-14T22:13:20.123456Z", 1_700_000_000_123),
+            ("1969-12-31T23:59:59.5Z", -500),
+            ("1900-01-01T00:00:00+00:00", -2_208_988_800_000),
+            ("1700000000000", 1_700_000_000_000),
+        ];
+        for (text, ms) in cases {
+            let mut s = TopicSchema::new("t", vec![], &[], Some("ts"), &[]);
+            let json = format!(r#"{{"ts":"{text}"}}"#);
+            let e = s
+                .decode(0, 0, 0, 5, None, json.as_bytes())
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(e.timestamp, ms, "{text}");
+        }
     }
 }

@@ -10,6 +10,8 @@ use duckdb::arrow::json::WriterBuilder;
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::arrow::util::display::array_value_to_string;
 
+use super::Value;
+
 /// Appends every row of `batch` to `buf` as a JSON object followed by a
 /// newline; returns the end offset (in `buf`) of each row: the first row is
 /// `buf[start..ends[0]]`, row `i` is `buf[ends[i-1]+1..ends[i]]`.
@@ -46,6 +48,35 @@ pub fn key_bytes(column: &dyn Array, row: usize, buf: &mut Vec<u8>) -> Result<bo
         _ => buf.extend_from_slice(array_value_to_string(column, row)?.as_bytes()),
     }
     Ok(true)
+}
+
+/// Appends the JSON object of an event's decoded `values` under `columns`
+/// (the columns the query reads, not the whole record): what a dead letter
+/// carries when the record's original bytes are no longer at hand.
+pub fn encode_decoded_json(columns: &[String], values: &[Value], buf: &mut Vec<u8>) {
+    buf.push(b'{');
+    for (i, (name, value)) in columns.iter().zip(values).enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        write_json_string(name, buf);
+        buf.push(b':');
+        match value {
+            Value::Null => buf.extend_from_slice(b"null"),
+            Value::Bool(b) => buf.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Value::Int(n) => buf.extend_from_slice(n.to_string().as_bytes()),
+            Value::Float(f) if f.is_finite() => buf.extend_from_slice(f.to_string().as_bytes()),
+            Value::Float(_) => buf.extend_from_slice(b"null"),
+            Value::Str(s) => write_json_string(s, buf),
+            Value::Json(raw) => buf.extend_from_slice(raw.as_bytes()),
+        }
+    }
+    buf.push(b'}');
+}
+
+fn write_json_string(s: &str, buf: &mut Vec<u8>) {
+    // Serializing a str cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
 }
 
 #[cfg(test)]
@@ -87,5 +118,24 @@ mod tests {
         assert!(key_bytes(batch.column(2), 0, &mut k).unwrap());
         assert!(!key_bytes(batch.column(1), 1, &mut k).unwrap());
         assert_eq!(k, b"u27");
+    }
+
+    #[test]
+    fn decoded_columns_are_a_json_object() {
+        let mut buf = Vec::new();
+        encode_decoded_json(
+            &["id".into(), "qty".into(), "meta".into(), "x".into()],
+            &[
+                Value::Str("o\"2".into()),
+                Value::Float(2.5),
+                Value::Json("{\"a\":[1]}".into()),
+                Value::Null,
+            ],
+            &mut buf,
+        );
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            r#"{"id":"o\"2","qty":2.5,"meta":{"a":[1]},"x":null}"#
+        );
     }
 }

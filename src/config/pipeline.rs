@@ -16,6 +16,14 @@ pub const fn default_ttl_ms() -> i64 {
     3_600_000
 }
 
+/// How far past the wall clock a record's event time may be when
+/// `state.events.max_ahead` is not set: an hour absorbs producers' clock skew,
+/// and a record from the far future (a bad clock, a parse of the wrong field)
+/// goes to the dead letters instead of moving the watermark for good.
+pub const fn default_max_ahead_ms() -> i64 {
+    3_600_000
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPipeline {
@@ -112,6 +120,9 @@ struct RawState {
 struct RawEvents {
     #[serde(default)]
     default_ttl: Option<HumanDuration>,
+    /// (new) How far past the wall clock a record's event time may be.
+    #[serde(default)]
+    max_ahead: Option<HumanDuration>,
     #[serde(default)]
     overrides: BTreeMap<String, HumanDuration>,
 }
@@ -186,6 +197,9 @@ pub struct Pipeline {
     pub ttl_ms: BTreeMap<String, Option<i64>>,
     /// Declarations per topic.
     pub sources: BTreeMap<String, SourceSpec>,
+    /// How far past the wall clock an event-stream record's time may be, in
+    /// milliseconds (`state.events.max_ahead`); later records are dead letters.
+    pub max_ahead_ms: i64,
 }
 
 impl Pipeline {
@@ -490,6 +504,17 @@ impl Validator<'_> {
             );
         }
 
+        // The SQL binds in DuckDB with the declared types: what validates
+        // cannot fail on its SQL at run time.
+        if let (Some(p), true) = (&plan, self.problems.is_empty()) {
+            let declared = sources
+                .iter()
+                .map(|(topic, spec): (&String, &SourceSpec)| (topic.clone(), spec.columns.clone()))
+                .collect();
+            if let Err(e) = crate::sql::bind(p, &declared) {
+                self.sql_problem(e);
+            }
+        }
         let (Some(plan), true) = (plan, self.problems.is_empty()) else {
             self.problems.sort();
             return Err(ConfigError::Invalid(self.problems));
@@ -509,6 +534,12 @@ impl Validator<'_> {
             emission,
             ttl_ms,
             sources,
+            max_ahead_ms: raw
+                .state
+                .events
+                .max_ahead
+                .map(|d| d.as_millis_i64())
+                .unwrap_or(default_max_ahead_ms()),
         })
     }
 }

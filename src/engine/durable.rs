@@ -99,10 +99,12 @@ impl Engine {
         self.budget = budget;
         let restored = self.store_ref()?.restored()?;
         if let Some((watermark, times)) = &restored.clock {
-            if times.len() == self.stream_time.len() {
-                self.stream_time = times.clone();
+            if let Err(why) = self
+                .clock
+                .restore(*watermark, times, super::wall_clock_ms())
+            {
+                warn!(reason = %why, "Restored event time refused.");
             }
-            self.watermark = *watermark;
         }
         let mut report = RestoreReport::default();
         for s in 0..self.sources.len() {
@@ -182,7 +184,7 @@ impl Engine {
                 report.replayed += 1;
                 return Ok(());
             }
-            if expire_at < self.watermark {
+            if expire_at < self.clock.watermark() {
                 return Ok(());
             }
             let size = event.size_bytes() as u64 + crate::state::ENTRY_OVERHEAD;
@@ -411,7 +413,7 @@ impl Engine {
         let mut found = Vec::new();
         let mut prefix = Vec::with_capacity(key.len() + 6);
         layout::record_prefix(hash, key, &mut prefix);
-        let watermark = self.watermark;
+        let watermark = self.clock.watermark();
         let store = self.store_ref()?;
         store.scan(target, &prefix, |_, v| {
             let (at, event) = store.decode(target, v)?;
@@ -517,8 +519,8 @@ impl Engine {
     ) -> Checkpoint {
         Checkpoint {
             offsets,
-            watermark: self.watermark,
-            stream_time: self.stream_time.clone(),
+            watermark: self.clock.snapshot().0,
+            stream_time: self.clock.snapshot().1,
             released: std::mem::take(&mut self.released),
         }
     }

@@ -12,7 +12,7 @@ pub fn dead_letter_headers(
     dead: &DeadLetter,
     original: &[(String, Vec<u8>)],
 ) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new_with_capacity(original.len() + 5);
+    let mut h = OwnedHeaders::new_with_capacity(original.len() + 6);
     for (k, v) in original {
         h = h.insert(Header {
             key: k,
@@ -27,6 +27,14 @@ pub fn dead_letter_headers(
         .insert(Header {
             key: headers::DLQ_PIPELINE,
             value: Some(pipeline),
+        })
+        .insert(Header {
+            key: headers::DLQ_VALUE,
+            value: Some(if dead.decoded_copy {
+                "decoded-columns"
+            } else {
+                "original"
+            }),
         })
 }
 
@@ -44,6 +52,8 @@ mod tests {
             key: None,
             value: Some(b"{bad".to_vec()),
             reason: "value is not valid JSON".into(),
+            kind: "decode",
+            decoded_copy: false,
         };
         let h = dead_letter_headers("p", &dead, &[("trace".into(), b"abc".to_vec())]);
         let all: Vec<(String, Vec<u8>)> = h

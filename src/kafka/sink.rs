@@ -4,7 +4,8 @@
 //! every earlier epoch, is acknowledged by the broker.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::RDKafkaErrorCode;
@@ -77,6 +78,8 @@ pub struct Sink {
     open_sent: u64,
     /// Records produced.
     pub produced: u64,
+    /// Set on shutdown: a send waiting for room in the queue gives up.
+    shutdown: Option<Arc<AtomicBool>>,
 }
 
 impl Sink {
@@ -97,7 +100,16 @@ impl Sink {
             open_id: 1,
             open_sent: 0,
             produced: 0,
+            shutdown: None,
         })
+    }
+
+    /// Makes a send that waits for room in a full queue give up (with
+    /// [`KafkaError::Interrupted`]) once `shutdown` is set, so a stop request
+    /// is honoured whatever the broker does.
+    pub fn with_shutdown(mut self, shutdown: Arc<AtomicBool>) -> Self {
+        self.shutdown = Some(shutdown);
+        self
     }
 
     /// Produces one record in the open epoch; waits (serving deliveries)
@@ -123,6 +135,13 @@ impl Sink {
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
                         self.producer.poll(Duration::from_millis(10));
                         self.check_failure()?;
+                        if self
+                            .shutdown
+                            .as_ref()
+                            .is_some_and(|s| s.load(Ordering::Relaxed))
+                        {
+                            return Err(KafkaError::Interrupted);
+                        }
                         record = back;
                     } else {
                         return Err(KafkaError::client(

@@ -44,8 +44,10 @@ impl DuckSql {
             .map(|o| format!("{} AS {}", rewrite(plan, &o.expr, present), quoted(&o.name)))
             .collect();
         if let Some(filter) = &plan.filter {
+            // The condition as it is: its type must be BOOLEAN (checked when
+            // the query is bound and per batch shape); NULL keeps nothing.
             items.push(format!(
-                "coalesce(({}), false) AS {KEEP_COLUMN}",
+                "({}) AS {KEEP_COLUMN}",
                 rewrite(plan, filter, present)
             ));
         }
@@ -121,7 +123,7 @@ mod tests {
         let sql = DuckSql::build(&plan, "\"batch\"", &|_| true);
         assert_eq!(
             sql.text,
-            "SELECT \"e.id\" AS \"id\", \"p.plan\" AS \"tier\", \"e.n\" * 2 AS \"e.n * 2\", coalesce((\"e.kind\" <> 'x'), false) AS __kf_keep, __kf_row FROM \"batch\""
+            "SELECT \"e.id\" AS \"id\", \"p.plan\" AS \"tier\", \"e.n\" * 2 AS \"e.n * 2\", (\"e.kind\" <> 'x') AS __kf_keep, __kf_row FROM \"batch\""
         );
         let unknown = DuckSql::build(&plan, "batch", &|r| r.source == 0);
         assert!(

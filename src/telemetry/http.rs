@@ -27,11 +27,25 @@ async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
     )
 }
 
-async fn healthz() -> Response {
-    text(StatusCode::OK, "text/plain", "ok\n")
+async fn healthz(State(registry): State<Arc<Registry>>) -> Response {
+    match registry.failure() {
+        None => text(StatusCode::OK, "text/plain", "ok\n"),
+        Some(why) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("failed: {why}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
+    if let Some(why) = registry.failure() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("failed: {why}\n"),
+        );
+    }
     if registry.ready() {
         text(StatusCode::OK, "text/plain", "ready\n")
     } else {
@@ -106,4 +120,42 @@ pub fn serve(listener: std::net::TcpListener, registry: Arc<Registry>) -> std::i
             })
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(response: Response) -> StatusCode {
+        response.status()
+    }
+
+    #[test]
+    fn health_and_readiness_turn_503_once_a_pipeline_failed() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let registry = Arc::new(Registry::new());
+        let m = registry.pipeline("p");
+        m.set_ready(true);
+        rt.block_on(async {
+            assert_eq!(
+                status(healthz(State(registry.clone())).await),
+                StatusCode::OK
+            );
+            assert_eq!(
+                status(readyz(State(registry.clone())).await),
+                StatusCode::OK
+            );
+            registry.set_failed("pipeline `p`: boom");
+            assert_eq!(
+                status(healthz(State(registry.clone())).await),
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+            assert_eq!(
+                status(readyz(State(registry.clone())).await),
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+        });
+    }
 }

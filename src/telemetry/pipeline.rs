@@ -50,6 +50,10 @@ pub(super) fn describe() {
         "kaflowsql_state_evictions_total",
         "Events removed from state by TTL."
     );
+    describe_counter!(
+        "kaflowsql_late_records_total",
+        "Event-stream records already expired on arrival (timestamp + TTL behind the watermark): neither stored nor joined."
+    );
     describe_counter!("kaflowsql_output_records_total", "Output records produced.");
     describe_counter!(
         "kaflowsql_dlq_records_total",
@@ -70,6 +74,10 @@ pub(super) fn describe() {
     describe_counter!(
         "kaflowsql_producer_errors_total",
         "Output deliveries that failed."
+    );
+    describe_counter!(
+        "kaflowsql_errors_total",
+        "Errors by domain (config, data, external, internal) and kind: dead letters, retries, failures that stopped the pipeline."
     );
     describe_gauge!(
         "kaflowsql_dimension_partitions_pending",
@@ -124,12 +132,15 @@ pub struct PipelineMetrics {
     state_entries: Gauge,
     state_bytes: Gauge,
     state_evictions: Counter,
+    late_records: Counter,
     output_records: Counter,
     dlq_records: Counter,
     smart_timeouts_dropped: Counter,
     smart_timeouts_emitted: Counter,
     smart_held: Gauge,
     producer_errors: Counter,
+    /// `kaflowsql_errors_total` per (domain, kind) of [`crate::error::KINDS`].
+    errors: Vec<(crate::error::Domain, &'static str, Counter)>,
     dimension_partitions_pending: Gauge,
     ready_gauge: Gauge,
     processing_duration: Histogram,
@@ -167,12 +178,24 @@ impl PipelineMetrics {
             state_entries: gauge!("kaflowsql_state_entries_total", &l),
             state_bytes: gauge!("kaflowsql_state_size_bytes", &l),
             state_evictions: counter!("kaflowsql_state_evictions_total", &l),
+            late_records: counter!("kaflowsql_late_records_total", &l),
             output_records: counter!("kaflowsql_output_records_total", &l),
             dlq_records: counter!("kaflowsql_dlq_records_total", &l),
             smart_timeouts_dropped: counter!("kaflowsql_smart_timeouts_dropped_total", &l),
             smart_timeouts_emitted: counter!("kaflowsql_smart_timeouts_emitted_total", &l),
             smart_held: gauge!("kaflowsql_smart_held_events", &l),
             producer_errors: counter!("kaflowsql_producer_errors_total", &l),
+            errors: crate::error::KINDS
+                .iter()
+                .map(|&(domain, kind)| {
+                    let labels = [
+                        ("pipeline", name.to_string()),
+                        ("domain", domain.as_str().to_string()),
+                        ("kind", kind.to_string()),
+                    ];
+                    (domain, kind, counter!("kaflowsql_errors_total", &labels))
+                })
+                .collect(),
             dimension_partitions_pending: gauge!("kaflowsql_dimension_partitions_pending", &l),
             ready_gauge: gauge!("kaflowsql_ready", &l),
             processing_duration: histogram!("kaflowsql_processing_duration_histogram", &l),
@@ -220,6 +243,19 @@ impl PipelineMetrics {
         self.dimension_partitions_pending.set(n as f64);
     }
 
+    /// Counts one error of `domain` and `kind` (a kind missing from
+    /// [`crate::error::KINDS`] is counted as an internal `bug`).
+    pub fn error(&self, domain: crate::error::Domain, kind: &str) {
+        let found = self
+            .errors
+            .iter()
+            .find(|(d, k, _)| *d == domain && *k == kind)
+            .or_else(|| self.errors.iter().find(|(_, k, _)| *k == "bug"));
+        if let Some((_, _, c)) = found {
+            c.increment(1);
+        }
+    }
+
     /// Marks the pipeline ready (or not) for `/readyz`.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
@@ -251,6 +287,7 @@ impl PipelineMetrics {
             self.join_success_rate.set(rate);
         }
         self.state_evictions.absolute(s.evictions);
+        self.late_records.absolute(s.late);
         self.smart_timeouts_dropped.absolute(s.timeouts_dropped);
         self.smart_timeouts_emitted.absolute(s.timeouts_emitted);
         self.smart_held.set(engine.held() as f64);

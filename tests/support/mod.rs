@@ -339,11 +339,26 @@ pub fn write_config_for(brokers: &str, dir: &Path, port: u16) -> PathBuf {
 
 /// [`write_config_for`] with more top-level YAML appended.
 pub fn write_config_with(brokers: &str, dir: &Path, port: u16, extra: &str) -> PathBuf {
+    write_config_full(brokers, dir, port, &[], extra)
+}
+
+/// [`write_config_with`] with more librdkafka properties (`kafka.properties`).
+pub fn write_config_full(
+    brokers: &str,
+    dir: &Path,
+    port: u16,
+    properties: &[(&str, &str)],
+    extra: &str,
+) -> PathBuf {
     let path = dir.join(format!("kaflowsql-{port}.yaml"));
+    let more: String = properties
+        .iter()
+        .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+        .collect();
     std::fs::write(
         &path,
         format!(
-            "kafka:\n  brokers: {brokers}\n  consumer:\n    maxPollRecords: 2000\n  properties:\n    session.timeout.ms: \"6000\"\n    max.poll.interval.ms: \"10000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\n{extra}"
+            "kafka:\n  brokers: {brokers}\n  consumer:\n    maxPollRecords: 2000\n  properties:\n    session.timeout.ms: \"6000\"\n    max.poll.interval.ms: \"10000\"\n    heartbeat.interval.ms: \"500\"\n{more}http:\n  listen: 127.0.0.1:{port}\n{extra}"
         ),
     )
     .unwrap();
@@ -429,6 +444,51 @@ impl Kaflowsql {
             .spawn()
             .unwrap();
         Self { child, port, log }
+    }
+
+    /// `kaflowsql run` on `brokers` with more librdkafka properties, not
+    /// waiting for readiness.
+    pub fn launch_with_properties(
+        brokers: &str,
+        dir: &Path,
+        pipelines: &[&Path],
+        properties: &[(&str, &str)],
+    ) -> Self {
+        let port = free_port();
+        let config = write_config_full(brokers, dir, port, properties, "");
+        let log = dir.join(format!("kaflowsql-{port}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaflowsql"));
+        cmd.arg("run").arg("--config").arg(&config);
+        for p in pipelines {
+            cmd.arg(p);
+        }
+        let child = cmd
+            .env("KAFLOWSQL_IDLE_WATERMARK_MS", "600000")
+            .env("KAFLOWSQL_STATE_ROCKSDB_PATH", dir.join("state"))
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let k = Self { child, port, log };
+        k.wait_until(Duration::from_secs(30), |k| k.get("/healthz").is_some());
+        k
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kaflowsql did not exit; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// GET a path; (status, raw body bytes).

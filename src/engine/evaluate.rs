@@ -1,0 +1,470 @@
+//! The evaluation stage: a micro-batch of joined rows becomes one Arrow
+//! record batch (one column per `alias.column` the query reads, plus the row's
+//! position), and DuckDB evaluates the SELECT list and the filter over it with
+//! one prepared statement per batch shape.
+//!
+//! A batch that DuckDB fails on because of one row's values (a cast, a JSON
+//! function, any run-time error of the `Conversion`, `Invalid Input` or `Out
+//! of Range` kind) is split in halves until the failing rows are found: they
+//! are reported with DuckDB's message and every other row is evaluated as
+//! usual, at the cost of about 2·log2(batch) extra calls per bad row and none
+//! when nothing fails. A shape DuckDB cannot bind (a column whose values in
+//! these records have a type the query cannot use) or whose WHERE is not
+//! BOOLEAN fails all its rows the same way. Any other DuckDB failure is not
+//! about data and stops the pipeline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use duckdb::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float64Builder, Int64Builder,
+    StringBuilder, UInt32Array,
+};
+use duckdb::arrow::compute::concat_batches;
+use duckdb::arrow::datatypes::{DataType, Field, Schema, UInt32Type};
+use duckdb::arrow::error::ArrowError;
+use duckdb::arrow::record_batch::RecordBatch;
+
+use super::EngineError;
+use crate::codec::{ColumnType, Event, Value};
+use crate::eval::{EvalError, Evaluator};
+use crate::sql::{batch_column_name, ColumnRef, DuckSql, QueryPlan, ROW_COLUMN};
+
+/// One column of the batch: the query column it carries, where its value
+/// sits in its source's events, and its type (None: never seen with a value,
+/// read as NULL).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct BatchColumn {
+    /// The query column.
+    pub(super) column: ColumnRef,
+    /// Index into [`Event::values`] of the source's topic.
+    pub(super) topic_column: usize,
+    /// Its SQL type in this batch.
+    pub(super) ty: Option<ColumnType>,
+}
+
+/// What DuckDB made of a batch.
+pub(super) struct Evaluated {
+    /// The output columns, one result row per evaluated batch row.
+    pub(super) values: RecordBatch,
+    /// The filter's verdict per result row (None: the query has no filter).
+    pub(super) keep: Option<BooleanArray>,
+    /// Per batch row: its result row, or `u32::MAX` when it failed.
+    pub(super) position: Vec<u32>,
+    /// Batch rows whose values DuckDB failed on, with the reason, by row.
+    pub(super) failed: Vec<(usize, String)>,
+}
+
+impl Evaluated {
+    /// The reason batch row `row` failed, if it did.
+    pub(super) fn failure(&self, row: usize) -> Option<&str> {
+        if self.position.get(row).copied() != Some(u32::MAX) {
+            return None;
+        }
+        self.failed
+            .binary_search_by_key(&row, |(r, _)| *r)
+            .ok()
+            .map(|i| self.failed[i].1.as_str())
+    }
+}
+
+/// How a DuckDB failure is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// Caused by one row's values: split the batch to find the row.
+    Row,
+    /// Caused by the value types of this batch shape: every row of it fails.
+    Shape,
+    /// Not about data: the pipeline stops.
+    Internal,
+}
+
+/// Classifies a DuckDB error by the kind DuckDB prefixes its message with.
+fn classify(error: &EvalError) -> Failure {
+    let EvalError::Duck { source, .. } = error else {
+        return Failure::Internal;
+    };
+    let text = source.to_string();
+    const ROW: &[&str] = &[
+        "Conversion Error",
+        "Invalid Input Error",
+        "Out of Range Error",
+        "Mismatch Type Error",
+        "Invalid Error",
+    ];
+    const SHAPE: &[&str] = &["Binder Error"];
+    if ROW.iter().any(|p| text.starts_with(p)) {
+        Failure::Row
+    } else if SHAPE.iter().any(|p| text.starts_with(p)) {
+        Failure::Shape
+    } else {
+        Failure::Internal
+    }
+}
+
+/// DuckDB's message, first line only (its later lines quote the rewritten SQL).
+fn reason(error: &EvalError) -> String {
+    let text = match error {
+        EvalError::Duck { source, .. } => source.to_string(),
+        other => other.to_string(),
+    };
+    let first = text.lines().next().unwrap_or_default().trim();
+    format!("SQL failed on this record's values: {first}")
+}
+
+/// The evaluation stage of one engine: DuckDB and the statements it prepared.
+pub(super) struct Evaluation {
+    evaluator: Evaluator,
+    statements: HashMap<Vec<Option<ColumnType>>, DuckSql>,
+    /// Nanoseconds spent in DuckDB so far.
+    pub(super) sql_nanos: u64,
+}
+
+impl Evaluation {
+    /// Opens DuckDB.
+    pub(super) fn new() -> Result<Self, EngineError> {
+        Ok(Self {
+            evaluator: Evaluator::new()?,
+            statements: HashMap::new(),
+            sql_nanos: 0,
+        })
+    }
+
+    /// Evaluates the first `count` rows of `rows` (`plan.sources.len()` slots
+    /// per row). Returns None for an empty batch.
+    pub(super) fn run(
+        &mut self,
+        plan: &QueryPlan,
+        columns: &[BatchColumn],
+        rows: &[Option<Arc<Event>>],
+        count: usize,
+    ) -> Result<Option<Evaluated>, EngineError> {
+        if count == 0 {
+            return Ok(None);
+        }
+        let input = build_input(plan, columns, rows, count)?;
+        let signature: Vec<Option<ColumnType>> = columns.iter().map(|c| c.ty).collect();
+        let from = self.evaluator.from_clause();
+        let sql = self
+            .statements
+            .entry(signature.clone())
+            .or_insert_with(|| {
+                let present =
+                    |r: ColumnRef| columns.iter().any(|c| c.column == r && c.ty.is_some());
+                let mut sql = DuckSql::build(plan, &from, &present);
+                sql.text = format!("{} /* shape {} */", sql.text, shape_id(&signature));
+                sql
+            })
+            .clone();
+        let outputs = plan.outputs.len();
+        let mut parts = Vec::new();
+        let mut failed = Vec::new();
+        self.run_range(&sql, outputs, &input, 0, count, &mut parts, &mut failed)?;
+        failed.sort_by_key(|(r, _)| *r);
+        let mut position = vec![u32::MAX; count];
+        let Some(first) = parts.first() else {
+            // Every row failed.
+            let schema = Arc::new(Schema::new(
+                plan.outputs
+                    .iter()
+                    .map(|o| Field::new(&o.name, DataType::Null, true))
+                    .collect::<Vec<_>>(),
+            ));
+            return Ok(Some(Evaluated {
+                values: RecordBatch::new_empty(schema),
+                keep: None,
+                position,
+                failed,
+            }));
+        };
+        let result = concat_batches(&first.schema(), &parts)?;
+        let row_col = result
+            .column(result.num_columns() - 1)
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(|| ArrowError::CastError(format!("{ROW_COLUMN} is not UINTEGER")))?
+            .clone();
+        for (i, r) in row_col.values().iter().enumerate() {
+            if let Some(p) = position.get_mut(*r as usize) {
+                *p = i as u32;
+            }
+        }
+        let keep = if sql.has_filter {
+            let column = result.column(outputs);
+            Some(match column.data_type() {
+                DataType::Boolean => column
+                    .as_boolean_opt()
+                    .ok_or_else(|| ArrowError::CastError("the filter is not BOOLEAN".into()))?
+                    .clone(),
+                // A condition over columns never seen with a value: all NULL.
+                _ => BooleanArray::new_null(column.len()),
+            })
+        } else {
+            None
+        };
+        Ok(Some(Evaluated {
+            values: result.project(&(0..outputs).collect::<Vec<_>>())?,
+            keep,
+            position,
+            failed,
+        }))
+    }
+
+    /// Evaluates rows `start..start + len` of `input`, splitting the range
+    /// while DuckDB fails on a row's values.
+    #[allow(clippy::too_many_arguments)]
+    fn run_range(
+        &mut self,
+        sql: &DuckSql,
+        outputs: usize,
+        input: &RecordBatch,
+        start: usize,
+        len: usize,
+        parts: &mut Vec<RecordBatch>,
+        failed: &mut Vec<(usize, String)>,
+    ) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let result = self.evaluator.evaluate(&sql.text, input.slice(start, len));
+        self.sql_nanos += started.elapsed().as_nanos() as u64;
+        let error = match result {
+            Ok(batches) => {
+                let boolean = |b: &RecordBatch| !sql.has_filter || is_condition(b.column(outputs));
+                if batches.iter().all(boolean) {
+                    parts.extend(batches);
+                    return Ok(());
+                }
+                let found = batches
+                    .first()
+                    .map(|b| b.column(outputs).data_type().to_string())
+                    .unwrap_or_default();
+                failed.extend((start..start + len).map(|r| {
+                    (r, format!("SQL failed on this record's values: the WHERE (or ON) condition is {found}, not BOOLEAN, for these values; compare the column explicitly (for example `e.flag = 1`) or declare its type under sources"))
+                }));
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        match classify(&error) {
+            Failure::Internal => Err(error.into()),
+            Failure::Shape => {
+                let why = reason(&error);
+                failed.extend((start..start + len).map(|r| (r, why.clone())));
+                Ok(())
+            }
+            Failure::Row if len == 1 => {
+                failed.push((start, reason(&error)));
+                Ok(())
+            }
+            Failure::Row => {
+                let half = len / 2;
+                self.run_range(sql, outputs, input, start, half, parts, failed)?;
+                self.run_range(sql, outputs, input, start + half, len - half, parts, failed)
+            }
+        }
+    }
+}
+
+/// Whether a filter result is a condition: BOOLEAN, or all NULL (DuckDB
+/// types an untyped NULL, a condition over columns never seen with a value,
+/// as INTEGER). WHERE NULL keeps nothing, as in SQL.
+pub(crate) fn is_condition(column: &dyn Array) -> bool {
+    match column.data_type() {
+        DataType::Boolean | DataType::Null => true,
+        DataType::Int32 => column.null_count() == column.len(),
+        _ => false,
+    }
+}
+
+/// The Arrow batch DuckDB scans: one column per typed query column, then the
+/// row position.
+fn build_input(
+    plan: &QueryPlan,
+    columns: &[BatchColumn],
+    rows: &[Option<Arc<Event>>],
+    count: usize,
+) -> Result<RecordBatch, ArrowError> {
+    let stride = plan.sources.len();
+    let mut fields = Vec::with_capacity(columns.len() + 1);
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len() + 1);
+    for c in columns {
+        let Some(ty) = c.ty else { continue };
+        let values = (0..count).map(|i| {
+            rows[i * stride + c.column.source]
+                .as_ref()
+                .map(|e| &e.values[c.topic_column])
+        });
+        let (dt, array) = build_array(ty, values, count);
+        fields.push(Field::new(batch_column_name(plan, c.column), dt, true));
+        arrays.push(array);
+    }
+    fields.push(Field::new(ROW_COLUMN, DataType::UInt32, false));
+    arrays.push(Arc::new(UInt32Array::from_iter_values(0..count as u32)));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+}
+
+fn shape_id(signature: &[Option<ColumnType>]) -> String {
+    signature
+        .iter()
+        .map(|t| match t {
+            None => 'n',
+            Some(ColumnType::Boolean) => 'b',
+            Some(ColumnType::BigInt) => 'i',
+            Some(ColumnType::Double) => 'd',
+            Some(ColumnType::Varchar) => 's',
+            Some(ColumnType::Json) => 'j',
+        })
+        .collect()
+}
+
+fn build_array<'a>(
+    ty: ColumnType,
+    values: impl Iterator<Item = Option<&'a Value>>,
+    count: usize,
+) -> (DataType, ArrayRef) {
+    match ty {
+        ColumnType::Boolean => {
+            let mut b = BooleanBuilder::with_capacity(count);
+            for v in values {
+                b.append_option(match v {
+                    Some(Value::Bool(x)) => Some(*x),
+                    _ => None,
+                });
+            }
+            (DataType::Boolean, Arc::new(b.finish()))
+        }
+        ColumnType::BigInt => {
+            let mut b = Int64Builder::with_capacity(count);
+            for v in values {
+                b.append_option(match v {
+                    Some(Value::Int(x)) => Some(*x),
+                    _ => None,
+                });
+            }
+            (DataType::Int64, Arc::new(b.finish()))
+        }
+        ColumnType::Double => {
+            let mut b = Float64Builder::with_capacity(count);
+            for v in values {
+                b.append_option(match v {
+                    Some(Value::Float(x)) => Some(*x),
+                    Some(Value::Int(x)) => Some(*x as f64),
+                    _ => None,
+                });
+            }
+            (DataType::Float64, Arc::new(b.finish()))
+        }
+        ColumnType::Varchar | ColumnType::Json => {
+            let mut b = StringBuilder::with_capacity(count, count * 16);
+            for v in values {
+                match v {
+                    Some(Value::Str(s)) | Some(Value::Json(s)) => b.append_value(s),
+                    _ => b.append_null(),
+                }
+            }
+            (DataType::Utf8, Arc::new(b.finish()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::plan_query;
+
+    fn event(offset: i64, values: Vec<Value>) -> Arc<Event> {
+        Arc::new(Event {
+            topic: 0,
+            partition: 0,
+            offset,
+            timestamp: 0,
+            key: None,
+            values: values.into_boxed_slice(),
+        })
+    }
+
+    fn run(sql: &str, ty: ColumnType, values: &[Value]) -> Evaluated {
+        let plan = plan_query(sql, &[]).unwrap();
+        let columns = [BatchColumn {
+            column: ColumnRef {
+                source: 0,
+                column: 0,
+            },
+            topic_column: 0,
+            ty: Some(ty),
+        }];
+        let rows: Vec<Option<Arc<Event>>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Some(event(i as i64, vec![v.clone()])))
+            .collect();
+        let mut stage = Evaluation::new().unwrap();
+        stage
+            .run(&plan, &columns, &rows, rows.len())
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_row_that_fails_is_found_and_the_others_are_evaluated() {
+        let values: Vec<Value> = ["3", "three", "5", "7", "x", "9", "11"]
+            .iter()
+            .map(|s| Value::Str((*s).into()))
+            .collect();
+        let ev = run(
+            "SELECT CAST(o.qty AS INTEGER) AS qty FROM orders o",
+            ColumnType::Varchar,
+            &values,
+        );
+        let failed: Vec<usize> = ev.failed.iter().map(|(r, _)| *r).collect();
+        assert_eq!(failed, vec![1, 4]);
+        assert!(
+            ev.failure(1).unwrap().contains("Conversion Error"),
+            "{:?}",
+            ev.failed
+        );
+        assert_eq!(ev.values.num_rows(), 5);
+        let qty = ev
+            .values
+            .column(0)
+            .as_primitive::<duckdb::arrow::datatypes::Int32Type>();
+        let by_row: Vec<Option<i32>> = (0..7)
+            .map(|r| match ev.position[r] {
+                u32::MAX => None,
+                i => Some(qty.value(i as usize)),
+            })
+            .collect();
+        assert_eq!(
+            by_row,
+            vec![Some(3), None, Some(5), Some(7), None, Some(9), Some(11)]
+        );
+    }
+
+    #[test]
+    fn a_non_boolean_filter_fails_its_rows_instead_of_panicking() {
+        let ev = run(
+            "SELECT e.flag FROM events e WHERE e.flag",
+            ColumnType::BigInt,
+            &[Value::Int(1), Value::Int(0)],
+        );
+        assert_eq!(ev.failed.len(), 2, "{:?}", ev.failed);
+        assert!(ev.failed[0].1.contains("BOOLEAN"), "{:?}", ev.failed);
+        assert_eq!(ev.values.num_rows(), 0);
+    }
+
+    #[test]
+    fn a_boolean_filter_keeps_its_verdict() {
+        let ev = run(
+            "SELECT e.flag FROM events e WHERE e.flag",
+            ColumnType::Boolean,
+            &[Value::Bool(true), Value::Bool(false), Value::Null],
+        );
+        assert!(ev.failed.is_empty());
+        let keep = ev.keep.unwrap();
+        assert_eq!(
+            (0..3)
+                .map(|i| keep.is_valid(i) && keep.value(i))
+                .collect::<Vec<_>>(),
+            vec![true, false, false]
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! Binding a planned query in DuckDB before anything runs, so that what
+//! `validate` accepts cannot fail on its SQL at run time: the SELECT list and
+//! the filter are prepared over an empty batch whose columns have the
+//! declared types (`sources.<topic>.columns`); an undeclared column binds as
+//! an untyped NULL, as it evaluates before any value of it was seen.
+//!
+//! Refused here, with DuckDB's message: unknown functions, wrong argument
+//! types or counts, a WHERE (or extra ON condition) that is not BOOLEAN, and
+//! any aggregate function of DuckDB's catalog (not only the common ones the
+//! planner names).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use duckdb::arrow::array::{new_null_array, ArrayRef, UInt32Array};
+use duckdb::arrow::datatypes::{DataType, Field, Schema};
+use duckdb::arrow::record_batch::RecordBatch;
+use sqlparser::ast::{Expr, Spanned, Visit, Visitor};
+
+use super::{batch_column_name, ColumnRef, DuckSql, QueryPlan, SqlError, SqlPosition, KEEP_COLUMN};
+use crate::codec::ColumnType;
+use crate::eval::Evaluator;
+
+/// One DuckDB for binding, shared by every thread (opening one costs
+/// milliseconds). A static is never dropped: no DuckDB teardown runs in a
+/// thread's exit, where DuckDB's own thread-local state may already be gone.
+static BINDER: LazyLock<Mutex<Option<Evaluator>>> = LazyLock::new(|| Mutex::new(None));
+
+/// The Arrow type a declared column has in the batch.
+fn arrow_type(ty: ColumnType) -> DataType {
+    match ty {
+        ColumnType::Boolean => DataType::Boolean,
+        ColumnType::BigInt => DataType::Int64,
+        ColumnType::Double => DataType::Float64,
+        ColumnType::Varchar | ColumnType::Json => DataType::Utf8,
+    }
+}
+
+fn position(expr: &Expr) -> SqlPosition {
+    let span = expr.span();
+    if span.start.line == 0 {
+        SqlPosition::default()
+    } else {
+        SqlPosition {
+            line: span.start.line as usize,
+            column: span.start.column as usize,
+        }
+    }
+}
+
+/// Names of DuckDB functions that exist only as aggregates.
+fn aggregates(ev: &Evaluator) -> BTreeSet<String> {
+    let sql = "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type = 'aggregate' \
+               EXCEPT SELECT function_name FROM duckdb_functions() WHERE function_type <> 'aggregate'";
+    let mut names = BTreeSet::new();
+    if let Ok(batches) = ev.query(sql) {
+        for b in batches {
+            if let Some(col) = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<duckdb::arrow::array::StringArray>()
+            {
+                names.extend(col.iter().flatten().map(str::to_ascii_lowercase));
+            }
+        }
+    }
+    names
+}
+
+/// The first aggregate function call in `expr`: its position and name.
+fn find_aggregate(expr: &Expr, aggregates: &BTreeSet<String>) -> Option<(SqlPosition, String)> {
+    struct Find<'a> {
+        aggregates: &'a BTreeSet<String>,
+        found: Option<(SqlPosition, String)>,
+    }
+    impl Visitor for Find<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = expr {
+                let name = f.name.to_string().to_ascii_lowercase();
+                if self.aggregates.contains(&name) {
+                    self.found = Some((position(expr), name));
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut find = Find {
+        aggregates,
+        found: None,
+    };
+    let _ = expr.visit(&mut find);
+    find.found
+}
+
+/// Binds `plan` in DuckDB with `declared` column types per topic.
+pub fn bind(
+    plan: &QueryPlan,
+    declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
+) -> Result<(), SqlError> {
+    let unavailable = |why: String| {
+        SqlError::new(
+            SqlPosition::default(),
+            format!("cannot open DuckDB to check the query: {why}"),
+        )
+    };
+    let mut slot = BINDER
+        .lock()
+        .map_err(|_| unavailable("its lock was poisoned (this is a bug)".into()))?;
+    if slot.is_none() {
+        *slot = Some(Evaluator::new().map_err(|e| unavailable(e.to_string()))?);
+    }
+    match slot.as_mut() {
+        Some(ev) => check(ev, plan, declared),
+        None => Ok(()),
+    }
+}
+
+fn check(
+    ev: &mut Evaluator,
+    plan: &QueryPlan,
+    declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
+) -> Result<(), SqlError> {
+    let aggregates = aggregates(ev);
+    let exprs = plan
+        .outputs
+        .iter()
+        .map(|o| &o.expr)
+        .chain(plan.filter.as_ref());
+    for expr in exprs {
+        if let Some((at, name)) = find_aggregate(expr, &aggregates) {
+            return Err(SqlError::new(
+                at,
+                format!("the aggregate `{name}` is not supported in a stream join"),
+            )
+            .help(
+                "aggregations are not implemented yet; join and enrich here, aggregate downstream",
+            ));
+        }
+    }
+    let type_of = |r: ColumnRef| -> Option<ColumnType> {
+        let source = &plan.sources[r.source];
+        declared
+            .get(&source.topic)?
+            .iter()
+            .find(|(name, _)| *name == source.columns[r.column])
+            .map(|(_, t)| *t)
+    };
+    // One row of NULLs: the statement binds and runs without any value.
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (s, source) in plan.sources.iter().enumerate() {
+        for c in 0..source.columns.len() {
+            let r = ColumnRef {
+                source: s,
+                column: c,
+            };
+            if let Some(ty) = type_of(r) {
+                let dt = arrow_type(ty);
+                arrays.push(new_null_array(&dt, 1));
+                fields.push(Field::new(batch_column_name(plan, r), dt, true));
+            }
+        }
+    }
+    fields.push(Field::new(super::ROW_COLUMN, DataType::UInt32, false));
+    arrays.push(Arc::new(UInt32Array::from(vec![0u32])));
+    let input = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| {
+        SqlError::new(
+            SqlPosition::default(),
+            format!("cannot check the query: {e}"),
+        )
+    })?;
+    let sql = DuckSql::build(plan, &ev.from_clause(), &|r| type_of(r).is_some());
+    let batches = match ev.evaluate(&sql.text, input) {
+        Ok(batches) => batches,
+        Err(e) => {
+            let text = match &e {
+                crate::eval::EvalError::Duck { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            // An overloaded function over untyped NULLs (undeclared columns)
+            // cannot pick its overload yet: the values' types decide it at
+            // run time, so this says nothing about the query.
+            if text.contains("Could not choose a best candidate function") {
+                return Ok(());
+            }
+            let first = text.lines().next().unwrap_or_default().to_string();
+            return Err(SqlError::new(
+                SqlPosition::default(),
+                format!("DuckDB cannot run this query: {first}"),
+            )
+            .help("check function names, argument counts and types (declare column types under `sources.<topic>.columns`)"));
+        }
+    };
+    if sql.has_filter {
+        let keep = batches
+            .first()
+            .and_then(|b| b.column_by_name(KEEP_COLUMN).cloned());
+        if let Some(keep) = keep {
+            if !crate::engine::is_condition(keep.as_ref()) {
+                let at = plan.filter.as_ref().map(position).unwrap_or_default();
+                return Err(SqlError::new(
+                    at,
+                    format!(
+                        "the WHERE (and extra ON) condition is {}, not BOOLEAN",
+                        keep.data_type()
+                    ),
+                )
+                .help("write a comparison, for example `e.flag = 1` or `e.flag IS TRUE`"));
+            }
+        }
+    }
+    Ok(())
+}
