@@ -36,10 +36,14 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-# Whether package $1 is installed: by name, from dpkg or from the plan's file.
+# Whether package $1 is installed: by name, from dpkg or from the plan's file
+# (read once: `grep -q` leaving a pipe early would fail it under pipefail).
+if [ -n "$plan_from" ]; then
+  plan_installed=$(cut -f1 "$plan_from" | sed 's/:.*//; s/[[:space:]].*//')
+fi
 installed() {
   if [ -n "$plan_from" ]; then
-    cut -f1 "$plan_from" | sed 's/:.*//; s/[[:space:]].*//' | grep -qxF "$1"
+    grep -qxF "$1" <<<"$plan_installed"
   else
     [ "$(dpkg-query -W --showformat='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
   fi
