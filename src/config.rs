@@ -10,7 +10,10 @@ mod pipeline;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::{parse_bytes, parse_duration, ByteSize, HumanDuration};
-pub use global::{GlobalConfig, HttpConfig, KafkaConfig, RocksDbConfig, StateConfig};
+pub use global::{
+    default_dimension_load_timeout, GlobalConfig, HttpConfig, KafkaConfig, RocksDbConfig,
+    StateConfig,
+};
 pub use locate::{Locations, Position};
 pub use pipeline::{Emission, OnTimeout, Output, OutputFormat, Pipeline, SourceSpec};
 

@@ -2,6 +2,7 @@
 //! streams and dimensions, the idempotent producer with delivery tracking,
 //! dead-letter records, and topic metadata checks.
 
+pub mod bootstrap;
 pub mod dlq;
 pub mod peek;
 pub mod sink;

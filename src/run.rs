@@ -120,6 +120,11 @@ pub fn run(
     }
     let mut options = RunOptions {
         ownership,
+        dimension_timeout: global
+            .kafka
+            .consumer
+            .dimension_load_timeout
+            .map_or(kaflowsql::config::default_dimension_load_timeout(), |d| d.0),
         memory_budget: state
             .memory_budget()
             .map(|b| b / pipelines.len().max(1) as u64),

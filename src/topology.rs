@@ -80,8 +80,9 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// How often delivered offsets are committed.
     pub commit_interval: Duration,
-    /// A dimension partition with nothing new for this long counts as read to its end.
-    pub dimension_idle: Duration,
+    /// Longest wait for the dimensions to be read to their end at start,
+    /// where the broker never tells the end (`kafka.consumer.dimensionLoadTimeout`).
+    pub dimension_timeout: Duration,
     /// After this long without event-stream records, event time advances with the wall clock.
     pub idle_watermark_after: Duration,
     /// Durable state (None: state in memory only, rebuilt from Kafka on restart).
@@ -96,7 +97,7 @@ impl Default for RunOptions {
             ownership: Ownership::Group,
             drain_timeout: Duration::from_secs(30),
             commit_interval: Duration::from_millis(200),
-            dimension_idle: Duration::from_secs(2),
+            dimension_timeout: crate::config::default_dimension_load_timeout(),
             idle_watermark_after: Duration::from_secs(1),
             state: None,
             memory_budget: None,
@@ -446,7 +447,7 @@ pub fn run_pipeline(
                 &dims,
                 &consumer_props,
                 &brokers,
-                options.dimension_idle,
+                options.dimension_timeout,
                 &resume_by_name,
             )
         })

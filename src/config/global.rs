@@ -82,6 +82,17 @@ pub struct ConsumerConfig {
     pub fetch_max_wait: Option<u64>,
     /// Records taken per poll batch.
     pub max_poll_records: Option<u64>,
+    /// (new) Longest wait at start for the dimensions to be read to their
+    /// end where the broker never tells the end; default
+    /// [`default_dimension_load_timeout`].
+    pub dimension_load_timeout: Option<super::HumanDuration>,
+}
+
+/// How long the dimension bootstrap waits for a broker that never tells a
+/// partition's end before output starts anyway (logged): five minutes reads
+/// millions of records on a healthy broker, where the end is known long before.
+pub const fn default_dimension_load_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
 }
 
 /// Producer keys from the guide.

@@ -13,8 +13,10 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use super::bootstrap::{Bootstrap, Outcome};
 use super::sink::CommitOffsets;
 use super::{client_config, KafkaError};
+use crate::error::LogLimit;
 
 /// How an instance owns the partitions of its event streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,21 +310,20 @@ impl EventSource {
 pub struct DimensionSource {
     /// The consumer (assigned, never committing).
     pub consumer: BaseConsumer,
-    targets: HashMap<(String, i32), i64>,
-    caught_up: bool,
-    last_progress: Instant,
-    idle_after: Duration,
+    bootstrap: Bootstrap,
+    waiting_log: LogLimit,
 }
 
 impl DimensionSource {
     /// Assigns every partition of `topics` from the beginning (or from where
-    /// durable state left off, `resume`) and notes the end offsets seen now:
-    /// output waits until they are read.
+    /// durable state left off, `resume`) and notes the end offsets listed
+    /// now: output waits until they are read (see [`super::bootstrap`]), for
+    /// at most `timeout` where the broker never tells.
     pub fn start(
         topics: &[String],
         properties: &BTreeMap<String, String>,
         brokers: &str,
-        idle_after: Duration,
+        timeout: Duration,
         resume: &HashMap<(String, i32), i64>,
     ) -> Result<Self, KafkaError> {
         let base = super::properties(&[
@@ -337,7 +338,7 @@ impl DimensionSource {
             .map_err(|e| KafkaError::client("cannot create the dimension consumer", e))?;
         let counts = partition_counts(&consumer, topics, brokers)?;
         let mut list = TopicPartitionList::new();
-        let mut targets = HashMap::new();
+        let mut partitions = Vec::new();
         for (topic, &n) in &counts {
             for p in 0..n as i32 {
                 let from = resume.get(&(topic.clone(), p)).copied();
@@ -352,71 +353,65 @@ impl DimensionSource {
                             e,
                         )
                     })?;
-                if high > low.max(from.unwrap_or(0)) {
-                    targets.insert((topic.clone(), p), high);
-                }
+                partitions.push(((topic.clone(), p), low.max(from.unwrap_or(0)), high));
             }
         }
         consumer
             .assign(&list)
             .map_err(|e| KafkaError::client("cannot assign the dimension partitions", e))?;
-        let caught_up = targets.is_empty();
         Ok(Self {
             consumer,
-            targets,
-            caught_up,
-            last_progress: Instant::now(),
-            idle_after,
+            bootstrap: Bootstrap::new(partitions, timeout, Instant::now()),
+            waiting_log: LogLimit::new(Duration::from_secs(10)),
         })
     }
 
-    /// Whether every dimension partition was read up to its end offset at start.
+    /// Whether the bootstrap is over: every dimension partition read to its
+    /// end, or the bound passed (logged).
     pub fn caught_up(&self) -> bool {
-        self.caught_up
+        self.bootstrap.outcome() != Outcome::Waiting
     }
 
     /// Partitions still being bootstrapped.
     pub fn remaining(&self) -> usize {
-        self.targets.len()
+        self.bootstrap.remaining()
     }
 
-    /// Notes that `offset` of a partition was read. A partition is read to
-    /// its end when the next offset reaches both the end offset listed at
-    /// start and the high watermark of the latest fetch response: some
-    /// brokers (Tansu 0.6) list an end offset that is too small (the last
-    /// batch's base offset + 1), and the fetch path's is the real one.
+    /// Notes that `offset` of a partition was read.
     pub fn progressed(&mut self, topic: &str, partition: i32, offset: i64) {
-        self.last_progress = Instant::now();
-        let key = (topic.to_string(), partition);
-        if let Some(&end) = self.targets.get(&key) {
-            if offset + 1 >= end && offset + 1 >= self.fetched_end(topic, partition) {
-                self.targets.remove(&key);
+        self.bootstrap.progressed(topic, partition, offset);
+        self.settle();
+    }
+
+    /// Notes that a poll returned nothing: decides again (a fetch response
+    /// may have told the end), and says what it waits for every 10 s.
+    pub fn idle(&mut self) {
+        if self.settle() == Outcome::Waiting {
+            if let Some(suppressed) = self.waiting_log.allow() {
+                let pending = self.bootstrap.pending();
+                info!(
+                    partitions = pending.len(),
+                    first = ?pending.first(),
+                    suppressed,
+                    "Waiting for the dimension partitions to be read to their end (topic, partition, next offset, end listed at start)."
+                );
             }
         }
-        if self.targets.is_empty() {
-            self.caught_up = true;
-        }
     }
 
-    /// The high watermark of the last fetch response of a partition (a local
-    /// read of librdkafka's cache); `i64::MAX` before any fetch answered.
-    fn fetched_end(&self, topic: &str, partition: i32) -> i64 {
-        cached_high_watermark(&self.consumer, topic, partition).unwrap_or(i64::MAX)
-    }
-
-    /// Notes that a poll returned nothing. Some brokers (Tansu) report end
-    /// offsets that are never reached; a partition with nothing new for
-    /// `idle_after` counts as read to its end.
-    pub fn idle(&mut self) {
-        if !self.caught_up && self.last_progress.elapsed() >= self.idle_after {
+    fn settle(&mut self) -> Outcome {
+        let before = self.bootstrap.outcome();
+        let consumer = &self.consumer;
+        let outcome = self
+            .bootstrap
+            .settle(|t, p| cached_high_watermark(consumer, t, p), Instant::now());
+        if before == Outcome::Waiting && outcome == Outcome::TimedOut {
             warn!(
-                partitions = self.targets.len(),
-                "Dimension bootstrap saw nothing new for {:?}; treating the dimensions as read to their end.",
-                self.idle_after
+                pending = ?self.bootstrap.pending(),
+                "The broker did not tell the end of these dimension partitions within kafka.consumer.dimensionLoadTimeout; output starts without them being read to their end."
             );
-            self.targets.clear();
-            self.caught_up = true;
         }
+        outcome
     }
 }
 
