@@ -11,17 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use tracing::{error, info, warn};
 
 use crate::config::{Emission, GlobalConfig, Pipeline};
-use crate::engine::{Engine, EngineError, Outputs, SourceRecord};
+use crate::engine::{Engine, EngineError, Outputs};
 use crate::error::{Classified, Domain, LogLimit, Retry};
-use crate::kafka::dlq::dead_letter_headers;
 use crate::kafka::sink::{CommitOffsets, Delivered, Sink};
-use crate::kafka::source::{DimensionSource, EventSource, Ownership};
-use crate::kafka::{with_source_headers, KafkaError};
+use crate::kafka::source::{DimensionSource, EventSource, Ownership, Record};
+use crate::kafka::KafkaError;
 use crate::offsets::committable;
 use crate::sql::Role;
 use crate::store::{Checkpoint, StateDb};
@@ -140,7 +137,7 @@ impl Runner<'_> {
 
     /// Pushes one record (the last of `batch`, the records of the current
     /// micro-batch so far); dead letters go out at once.
-    fn push(&mut self, batch: &[BorrowedMessage<'_>], track: bool) -> Result<(), RunError> {
+    fn push(&mut self, batch: &[Record<'_>], track: bool) -> Result<(), RunError> {
         let Some(m) = batch.last() else {
             return Ok(());
         };
@@ -157,26 +154,15 @@ impl Runner<'_> {
             // Already reflected by restored state, its outputs delivered.
             return Ok(());
         }
-        let record = SourceRecord {
-            topic: m.topic(),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp: m
-                .timestamp()
-                .to_millis()
-                .unwrap_or(crate::engine::NO_TIMESTAMP),
-            key: m.key(),
-            value: m.payload(),
-        };
         self.engine
-            .push(&record, &mut self.out)
+            .push(&m.source_record(), &mut self.out)
             .map_err(|e| self.engine_err(e))?;
         self.send_dead_letters(batch)
     }
 
     /// Produces every pending dead letter, each with its record's original
     /// key, value and headers when `batch` still holds the record.
-    fn send_dead_letters(&mut self, batch: &[BorrowedMessage<'_>]) -> Result<(), RunError> {
+    fn send_dead_letters(&mut self, batch: &[Record<'_>]) -> Result<(), RunError> {
         if self.out.dead_letters.is_empty() {
             return Ok(());
         }
@@ -190,27 +176,19 @@ impl Runner<'_> {
                 Some(m) => {
                     if dead.decoded_copy {
                         dead.key = m.key().map(<[u8]>::to_vec);
-                        dead.value = m.payload().map(<[u8]>::to_vec);
+                        dead.value = m.value().map(<[u8]>::to_vec);
                         dead.decoded_copy = false;
                     }
-                    use rdkafka::message::Headers;
                     m.headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default()
                 }
                 None => Vec::new(),
             };
-            let h = dead_letter_headers(&self.pipeline.name, &dead, &headers);
             self.sink
-                .send(
+                .send_dead_letter(
                     &self.pipeline.output.dlq_topic,
-                    dead.key.as_deref(),
-                    dead.value.as_deref().unwrap_or_default(),
-                    h,
+                    &self.pipeline.name,
+                    &dead,
+                    &headers,
                 )
                 .map_err(|e| self.kafka(e))?;
             self.metrics.dlq_records(1);
@@ -226,7 +204,7 @@ impl Runner<'_> {
         &mut self,
         started: Option<Instant>,
         events: u64,
-        batch: &[BorrowedMessage<'_>],
+        batch: &[Record<'_>],
     ) -> Result<(), RunError> {
         let sql_before = self.engine.stats().sql_nanos;
         self.engine
@@ -234,17 +212,16 @@ impl Runner<'_> {
             .map_err(|e| self.engine_err(e))?;
         self.send_dead_letters(batch)?;
         for row in &self.out.rows {
-            let h = with_source_headers(
-                OwnedHeaders::new_with_capacity(3),
+            let driving = (
                 self.engine.topic_name(row.driving.topic),
                 row.driving.partition,
                 row.driving.offset,
             );
-            let sent = self.sink.send(
+            let sent = self.sink.send_output(
                 &self.pipeline.output.topic,
                 self.out.key(row),
                 self.out.value(row),
-                h,
+                driving,
             );
             if let Err(e) = sent {
                 return Err(RunError::Kafka {
@@ -465,7 +442,7 @@ pub fn run_pipeline(
         let mut loaded: u64 = 0;
         metrics.dimension_partitions_pending(d.remaining());
         while !d.caught_up() && !shutdown.load(Ordering::Relaxed) {
-            match d.consumer.poll(Duration::from_millis(100)) {
+            match d.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     let (topic, partition, offset) =
                         (m.topic().to_string(), m.partition(), m.offset());
@@ -531,13 +508,13 @@ pub fn run_pipeline(
         }
         // The micro-batch's records, held until it is evaluated (dead letters
         // of rows that fail in SQL carry their original bytes).
-        let mut batch: Vec<BorrowedMessage<'_>> = Vec::new();
+        let mut batch: Vec<Record<'_>> = Vec::new();
         let mut failed: Option<RunError> = None;
         // Dimension updates keep flowing in.
         let mut pushed_dimensions = 0u64;
         if let Some(d) = dimensions.as_ref() {
             for _ in 0..max_poll {
-                match d.consumer.poll(Duration::ZERO) {
+                match d.poll(Duration::ZERO) {
                     Some(Ok(m)) => {
                         batch.push(m);
                         runner.push(&batch, false)?;
@@ -561,7 +538,7 @@ pub fn run_pipeline(
         let mut n = 0u64;
         let mut wait = Duration::from_millis(50);
         while (n as usize) < max_poll {
-            match source.consumer.poll(wait) {
+            match source.poll(wait) {
                 Some(Ok(m)) => {
                     batch.push(m);
                     if let Err(e) = runner.push(&batch, true) {
@@ -615,9 +592,7 @@ pub fn run_pipeline(
                 runner.delivered(&done);
                 // A revoke commits these (see SourceContext); the partitions'
                 // next owner rebuilds whatever a checkpoint did not cover.
-                if let Ok(mut safe) = source.safe.lock() {
-                    safe.extend(done.offsets.iter().map(|(k, v)| (k.clone(), *v)));
-                }
+                source.mark_safe(&done.offsets);
                 uncommitted.extend(done.offsets);
             }
             Ok(None) => {}
@@ -632,7 +607,7 @@ pub fn run_pipeline(
                 break Err(e);
             }
             let offsets = std::mem::take(&mut uncommitted);
-            if let Err(error) = source.commit(&offsets, CommitMode::Async) {
+            if let Err(error) = source.commit_async(&offsets) {
                 metrics.error(Domain::External, "commit");
                 if let Some(suppressed) = commit_log.allow() {
                     warn!(%error, suppressed, "Commit failed; it is retried with the next one.");
@@ -685,13 +660,13 @@ pub fn run_pipeline(
         None => None,
     };
     let safe: CommitOffsets = {
-        let mut all = source.safe.lock().map(|s| s.clone()).unwrap_or_default();
+        let mut all = source.safe_offsets();
         if let Some(done) = newest {
             all.extend(done.offsets);
         }
         all
     };
-    if let Err(error) = source.commit(&safe, CommitMode::Sync) {
+    if let Err(error) = source.commit_sync(&safe) {
         warn!(%error, "Final commit failed; a restart re-reads from the previous commit.");
     }
     info!(
@@ -700,7 +675,7 @@ pub fn run_pipeline(
         in_flight = runner.sink.in_flight(),
         "Pipeline stopped."
     );
-    source.consumer.unsubscribe();
+    source.leave();
     result
 }
 

@@ -157,6 +157,42 @@ impl Sink {
         Ok(())
     }
 
+    /// Produces an output row, with the source headers of its driving event.
+    pub fn send_output(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        driving: (&str, i32, i64),
+    ) -> Result<(), KafkaError> {
+        let h = super::with_source_headers(
+            OwnedHeaders::new_with_capacity(3),
+            driving.0,
+            driving.1,
+            driving.2,
+        );
+        self.send(topic, key, value, h)
+    }
+
+    /// Produces a dead letter of `pipeline` to `topic`: its original headers
+    /// (`original`, empty when the record is no longer at hand), then
+    /// kaflowsql's (source, reason, pipeline, value kind).
+    pub fn send_dead_letter(
+        &mut self,
+        topic: &str,
+        pipeline: &str,
+        dead: &crate::engine::DeadLetter,
+        original: &[(String, Vec<u8>)],
+    ) -> Result<(), KafkaError> {
+        let h = super::dlq::dead_letter_headers(pipeline, dead, original);
+        self.send(
+            topic,
+            dead.key.as_deref(),
+            dead.value.as_deref().unwrap_or_default(),
+            h,
+        )
+    }
+
     /// Closes the open epoch: `offsets` become committable once it is
     /// delivered. Returns the epoch's id (see [`Delivered`]).
     pub fn seal(&mut self, offsets: CommitOffsets) -> usize {

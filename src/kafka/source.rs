@@ -105,13 +105,39 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-/// A record read from Kafka, borrowed from the consumer.
+/// A record read from Kafka, borrowed from its consumer until dropped (a
+/// micro-batch holds its records so that dead letters carry their original
+/// bytes and headers).
 pub struct Record<'a> {
-    /// The message.
-    pub message: BorrowedMessage<'a>,
+    message: BorrowedMessage<'a>,
 }
 
 impl Record<'_> {
+    /// Topic name.
+    pub fn topic(&self) -> &str {
+        self.message.topic()
+    }
+
+    /// Partition.
+    pub fn partition(&self) -> i32 {
+        self.message.partition()
+    }
+
+    /// Offset.
+    pub fn offset(&self) -> i64 {
+        self.message.offset()
+    }
+
+    /// Kafka key.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.message.key()
+    }
+
+    /// Kafka value; None is a tombstone.
+    pub fn value(&self) -> Option<&[u8]> {
+        self.message.payload()
+    }
+
     /// Its headers, copied (only needed for dead letters).
     pub fn headers(&self) -> Vec<(String, Vec<u8>)> {
         self.message
@@ -124,10 +150,36 @@ impl Record<'_> {
             .unwrap_or_default()
     }
 
-    /// Kafka timestamp in ms (0 when the broker gives none).
+    /// Kafka timestamp in epoch ms ([`crate::engine::NO_TIMESTAMP`] when the record has none).
     pub fn timestamp(&self) -> i64 {
-        self.message.timestamp().to_millis().unwrap_or(0)
+        self.message
+            .timestamp()
+            .to_millis()
+            .unwrap_or(crate::engine::NO_TIMESTAMP)
     }
+
+    /// The record as the engine takes it.
+    pub fn source_record(&self) -> crate::engine::SourceRecord<'_> {
+        crate::engine::SourceRecord {
+            topic: self.topic(),
+            partition: self.partition(),
+            offset: self.offset(),
+            timestamp: self.timestamp(),
+            key: self.key(),
+            value: self.value(),
+        }
+    }
+}
+
+/// Polls `consumer`: a record, a consume error, or None when nothing came in `timeout`.
+fn poll<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    timeout: Duration,
+) -> Option<Result<Record<'_>, KafkaError>> {
+    consumer.poll(timeout).map(|r| {
+        r.map(|message| Record { message })
+            .map_err(|e| KafkaError::client("consume failed", e))
+    })
 }
 
 /// Partition count of each topic; a missing topic is an error.
@@ -181,10 +233,9 @@ pub fn check_copartitioned(counts: &BTreeMap<String, usize>) -> Result<(), Kafka
 
 /// The consumer of a pipeline's event streams.
 pub struct EventSource {
-    /// The consumer.
-    pub consumer: BaseConsumer<SourceContext>,
+    consumer: BaseConsumer<SourceContext>,
     /// Offsets safe to commit (shared with the rebalance callback).
-    pub safe: SafeOffsets,
+    safe: SafeOffsets,
 }
 
 /// librdkafka's `fetch.queue.backoff.ms` unless configured (its default is 1000).
@@ -276,13 +327,45 @@ impl EventSource {
         Ok(Self { consumer, safe })
     }
 
+    /// The next record of the event streams, waiting at most `timeout`.
+    pub fn poll(&self, timeout: Duration) -> Option<Result<Record<'_>, KafkaError>> {
+        poll(&self.consumer, timeout)
+    }
+
+    /// Records `offsets` as safe to commit when a partition is revoked.
+    pub fn mark_safe(&self, offsets: &CommitOffsets) {
+        if let Ok(mut safe) = self.safe.lock() {
+            safe.extend(offsets.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+    }
+
+    /// Every offset known safe to commit so far.
+    pub fn safe_offsets(&self) -> CommitOffsets {
+        self.safe.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Commits `offsets` without waiting (a failure is retried by the next commit).
+    pub fn commit_async(&self, offsets: &CommitOffsets) -> Result<(), KafkaError> {
+        self.commit(offsets, CommitMode::Async)
+    }
+
+    /// Commits `offsets` and waits for the broker's answer (at shutdown).
+    pub fn commit_sync(&self, offsets: &CommitOffsets) -> Result<(), KafkaError> {
+        self.commit(offsets, CommitMode::Sync)
+    }
+
+    /// Leaves the consumer group (static ownership: gives up the assignment).
+    pub fn leave(&self) {
+        self.consumer.unsubscribe();
+    }
+
     /// Whether partitions were assigned (the group joined, or static ownership).
     pub fn assigned(&self) -> bool {
         self.consumer.context().assigned.load(Ordering::Relaxed)
     }
 
     /// Commits `offsets` (next offsets to read) and records them as safe.
-    pub fn commit(&self, offsets: &CommitOffsets, mode: CommitMode) -> Result<(), KafkaError> {
+    fn commit(&self, offsets: &CommitOffsets, mode: CommitMode) -> Result<(), KafkaError> {
         if let Ok(mut safe) = self.safe.lock() {
             safe.extend(offsets.iter().map(|(k, v)| (k.clone(), *v)));
         }
@@ -309,7 +392,7 @@ impl EventSource {
 /// Reads every partition of the dimension topics from the beginning.
 pub struct DimensionSource {
     /// The consumer (assigned, never committing).
-    pub consumer: BaseConsumer,
+    consumer: BaseConsumer,
     bootstrap: Bootstrap,
     waiting_log: LogLimit,
 }
@@ -364,6 +447,11 @@ impl DimensionSource {
             bootstrap: Bootstrap::new(partitions, timeout, Instant::now()),
             waiting_log: LogLimit::new(Duration::from_secs(10)),
         })
+    }
+
+    /// The next dimension record, waiting at most `timeout`.
+    pub fn poll(&self, timeout: Duration) -> Option<Result<Record<'_>, KafkaError>> {
+        poll(&self.consumer, timeout)
     }
 
     /// Whether the bootstrap is over: every dimension partition read to its
