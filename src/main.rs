@@ -304,10 +304,11 @@ fn test(
     }
     let stats = engine.stats();
     eprintln!(
-        "{} records in, {} rows out, {} dead letters, {} held",
+        "{} records in, {} rows out, {} dead letter(s), {} late (expired on arrival: not stored, not joined), {} held",
         stats.records,
         run.lines.len(),
         stats.dead_letters,
+        stats.late,
         engine.held()
     );
     let Some(expect) = expect else {

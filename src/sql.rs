@@ -10,6 +10,7 @@ mod plan;
 mod rewrite;
 
 pub use bind::bind;
+pub(crate) use bind::sql_type_name;
 pub use plan::plan_query;
 pub use rewrite::{batch_column_name, referenced_columns, DuckSql, KEEP_COLUMN, ROW_COLUMN};
 

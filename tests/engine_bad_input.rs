@@ -143,12 +143,22 @@ fn a_non_boolean_where_is_a_dead_letter_not_a_panic() {
 fn sql_that_cannot_run_is_refused_before_start_with_its_position() {
     let declared = format!("{FLAG}sources:\n  events:\n    columns: {{ flag: BIGINT }}\n");
     let e = refusal(&declared);
-    assert!(e.contains("not BOOLEAN"), "{e}");
+    assert!(e.contains("BIGINT, not BOOLEAN"), "{e}");
     assert!(e.starts_with("p.yaml:2:"), "{e}");
     let e = refusal(&FLAG.replace("e.flag FROM", "arg_max(e.id, e.flag) FROM"));
     assert!(e.contains("aggregate `arg_max`"), "{e}");
+    for aggregate in [
+        "\"ARG_MAX\"(e.id, e.flag)",
+        "main.arg_max(e.id, e.flag)",
+        "histogram(e.id)",
+    ] {
+        let e = refusal(&FLAG.replace("e.flag FROM", &format!("{aggregate} FROM")));
+        assert!(e.contains("aggregate"), "{aggregate}: {e}");
+        assert!(!e.contains("__kf_row"), "no internal names: {e}");
+    }
     let e = refusal(&FLAG.replace("e.flag FROM", "no_such_function(e.flag) FROM"));
     assert!(e.contains("no_such_function"), "{e}");
+    assert!(e.starts_with("p.yaml:2:21:"), "points at the call: {e}");
     assert!(e.contains("help:"), "{e}");
     let e = refusal(&FLAG.replace("e.flag FROM", "substr(e.id) FROM"));
     assert!(e.contains("DuckDB cannot run this query"), "{e}");

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{create_topics, producer, read_topic, require_broker, unique, Kaflowsql};
+use support::{create_topics, now_ms, producer, read_topic, require_broker, unique, Kaflowsql};
 
 #[test]
 fn a_poison_pill_does_not_stop_the_pipeline() {
@@ -40,10 +40,7 @@ state:
     )
     .unwrap();
     let p = producer();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     p.send(
         &customers,
         Some(0),
@@ -137,10 +134,7 @@ output: {{ topic: {out}, dlq_topic: {dlq} }}
     assert!(validate.status.success());
     let k = Kaflowsql::start(dir.path(), &[&file], &[]);
     let p = producer();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = now_ms();
     p.send(
         &events,
         Some(0),

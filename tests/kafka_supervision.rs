@@ -7,18 +7,11 @@
 
 mod support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use support::{brokers, create_topics, producer_on, require_broker, unique, Kaflowsql};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
+use support::{brokers, create_topics, now_ms, producer_on, require_broker, unique, Kaflowsql};
 
 #[test]
 fn a_failing_pipeline_stops_the_process_after_the_others_drained() {

@@ -58,6 +58,9 @@ pub struct TopicSchema {
     pub timestamp_column: Option<usize>,
     /// Columns that must be present and non-null (join keys).
     pub key_columns: Vec<usize>,
+    /// A column whose values are not typed (the timestamp column when only
+    /// event time is read from it).
+    untyped: Option<usize>,
     /// Whether events keep their Kafka key (dimensions need it; streams do not).
     keep_key: bool,
     version: u64,
@@ -73,6 +76,9 @@ impl TopicSchema {
         key_columns: &[String],
     ) -> Self {
         let mut columns = columns;
+        // A timestamp column the query does not read only gives event time:
+        // epoch ms and RFC 3339 text may alternate in it.
+        let time_only = timestamp_column.is_some_and(|t| !columns.iter().any(|c| c == t));
         for name in timestamp_column
             .into_iter()
             .chain(key_columns.iter().map(String::as_str))
@@ -87,9 +93,11 @@ impl TopicSchema {
             .collect::<Vec<_>>();
         let declared_flags = types.iter().map(Option::is_some).collect();
         let find = |name: &str| columns.iter().position(|c| c == name);
+        let timestamp_index = timestamp_column.and_then(find);
         Self {
             topic: topic.to_string(),
-            timestamp_column: timestamp_column.and_then(find),
+            untyped: if time_only { timestamp_index } else { None },
+            timestamp_column: timestamp_index,
             key_columns: key_columns.iter().filter_map(|k| find(k)).collect(),
             columns: columns.clone(),
             types,
@@ -183,6 +191,9 @@ impl TopicSchema {
     fn check_types(&mut self, values: &mut [Value]) -> Result<(), DecodeError> {
         let mut changes: Vec<(usize, ColumnType)> = Vec::new();
         for (i, v) in values.iter_mut().enumerate() {
+            if self.untyped == Some(i) {
+                continue;
+            }
             let Some(found) = v.inferred_type() else {
                 continue;
             };
@@ -460,6 +471,22 @@ mod tests {
         assert!(s
             .decode(0, 0, 0, 5, None, br#"{"ts":"yesterday"}"#)
             .is_err());
+    }
+
+    #[test]
+    fn a_timestamp_column_only_read_for_event_time_takes_both_forms() {
+        let mut s = TopicSchema::new("t", vec!["id".into()], &[], Some("ts"), &[]);
+        let a = s.decode(
+            0,
+            0,
+            0,
+            5,
+            None,
+            br#"{"id":"a","ts":"2023-11-14T22:13:20Z"}"#,
+        );
+        let b = s.decode(0, 0, 1, 5, None, br#"{"id":"b","ts":1700000000001}"#);
+        assert_eq!(a.unwrap().timestamp, 1_700_000_000_000);
+        assert_eq!(b.unwrap().timestamp, 1_700_000_000_001);
     }
 
     #[test]

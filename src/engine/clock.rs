@@ -56,10 +56,10 @@ impl Clock {
         let bound = now_ms.saturating_add(self.max_ahead_ms);
         (ts > bound).then(|| {
             format!(
-                "event time {} is {} ms ahead of the wall clock, more than state.events.max_ahead ({} ms) allows",
+                "event time {} is {} ahead of the wall clock, more than state.events.max_ahead ({}) allows",
                 format_ms(ts),
-                ts.saturating_sub(now_ms),
-                self.max_ahead_ms
+                about(ts.saturating_sub(now_ms)),
+                duration(self.max_ahead_ms)
             )
         })
     }
@@ -131,6 +131,27 @@ impl Clock {
         self.watermark = watermark;
         Ok(())
     }
+}
+
+/// Milliseconds as a duration the pipeline files use (`90d`, `1h`, `250ms`).
+fn duration(ms: i64) -> String {
+    crate::config::HumanDuration(std::time::Duration::from_millis(ms.max(0) as u64)).to_string()
+}
+
+/// Milliseconds, roughly, for messages (`about 26695 days`).
+fn about(ms: i64) -> String {
+    let units = [
+        (86_400_000, "days"),
+        (3_600_000, "hours"),
+        (60_000, "minutes"),
+        (1_000, "seconds"),
+    ];
+    for (size, unit) in units {
+        if ms >= size {
+            return format!("about {} {unit}", ms / size);
+        }
+    }
+    format!("{ms} ms")
 }
 
 /// Epoch milliseconds as RFC 3339 (UTC), for messages.

@@ -235,10 +235,10 @@ impl Evaluation {
                 }
                 let found = batches
                     .first()
-                    .map(|b| b.column(outputs).data_type().to_string())
+                    .map(|b| crate::sql::sql_type_name(b.column(outputs).data_type()))
                     .unwrap_or_default();
                 failed.extend((start..start + len).map(|r| {
-                    (r, format!("SQL failed on this record's values: the WHERE (or ON) condition is {found}, not BOOLEAN, for these values; compare the column explicitly (for example `e.flag = 1`) or declare its type under sources"))
+                    (r, format!("SQL failed on this record's values: the WHERE condition (with the ON conditions beyond the join keys) is {found}, not BOOLEAN, for these values; compare the column explicitly (for example `e.flag = 1`) or declare its type under sources"))
                 }));
                 return Ok(());
             }

@@ -49,10 +49,12 @@ fn position(expr: &Expr) -> SqlPosition {
     }
 }
 
-/// Names of DuckDB functions that exist only as aggregates.
+/// Names of DuckDB functions that exist as aggregates and not as scalars.
 fn aggregates(ev: &Evaluator) -> BTreeSet<String> {
-    let sql = "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type = 'aggregate' \
-               EXCEPT SELECT function_name FROM duckdb_functions() WHERE function_type <> 'aggregate'";
+    // A name that also has a scalar overload may be the scalar one.
+    let sql =
+        "SELECT DISTINCT function_name FROM duckdb_functions() WHERE function_type = 'aggregate' \
+               EXCEPT SELECT function_name FROM duckdb_functions() WHERE function_type = 'scalar'";
     let mut names = BTreeSet::new();
     if let Ok(batches) = ev.query(sql) {
         for b in batches {
@@ -68,6 +70,60 @@ fn aggregates(ev: &Evaluator) -> BTreeSet<String> {
     names
 }
 
+/// A function's own name, unquoted and lowercase (`"ARG_MAX"` and
+/// `main.arg_max` are `arg_max`).
+fn function_name(name: &sqlparser::ast::ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(|i| i.value.to_ascii_lowercase())
+        .unwrap_or_else(|| name.to_string().to_ascii_lowercase())
+}
+
+/// Where the function `wanted` (lowercase) is first called in `expr`.
+fn find_function(expr: &Expr, wanted: &str) -> Option<SqlPosition> {
+    struct Find<'a> {
+        wanted: &'a str,
+        found: Option<SqlPosition>,
+    }
+    impl Visitor for Find<'_> {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+            if let Expr::Function(f) = expr {
+                if function_name(&f.name) == self.wanted {
+                    self.found = Some(position(expr));
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut find = Find {
+        wanted,
+        found: None,
+    };
+    let _ = expr.visit(&mut find);
+    find.found
+}
+
+/// The SQL name of an Arrow type DuckDB returned, for messages.
+pub(crate) fn sql_type_name(dt: &DataType) -> String {
+    match dt {
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Int8 => "TINYINT".into(),
+        DataType::Int16 => "SMALLINT".into(),
+        DataType::Int32 => "INTEGER".into(),
+        DataType::Int64 => "BIGINT".into(),
+        DataType::Float32 => "FLOAT".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "VARCHAR".into(),
+        DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
+        DataType::Date32 => "DATE".into(),
+        DataType::Timestamp(..) => "TIMESTAMP".into(),
+        other => other.to_string(),
+    }
+}
+
 /// The first aggregate function call in `expr`: its position and name.
 fn find_aggregate(expr: &Expr, aggregates: &BTreeSet<String>) -> Option<(SqlPosition, String)> {
     struct Find<'a> {
@@ -78,7 +134,7 @@ fn find_aggregate(expr: &Expr, aggregates: &BTreeSet<String>) -> Option<(SqlPosi
         type Break = ();
         fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
             if let Expr::Function(f) = expr {
-                let name = f.name.to_string().to_ascii_lowercase();
+                let name = function_name(&f.name);
                 if self.aggregates.contains(&name) {
                     self.found = Some((position(expr), name));
                     return ControlFlow::Break(());
@@ -187,8 +243,32 @@ fn check(
                 return Ok(());
             }
             let first = text.lines().next().unwrap_or_default().to_string();
+            // An aggregate DuckDB knows under another name or form: the
+            // binder says so by asking for a GROUP BY of the batch's row column.
+            if first.contains("must appear in the GROUP BY clause") {
+                return Err(SqlError::new(
+                    SqlPosition::default(),
+                    "the query aggregates rows (an aggregate function), which is not supported in a stream join",
+                )
+                .help("aggregations are not implemented yet; join and enrich here, aggregate downstream"));
+            }
+            // Point at the function DuckDB names, when it names one.
+            let named = first
+                .split("with name ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|n| n.trim_matches(['"', '!', '\'']).to_ascii_lowercase());
+            let at = named
+                .and_then(|n| {
+                    plan.outputs
+                        .iter()
+                        .map(|o| &o.expr)
+                        .chain(plan.filter.as_ref())
+                        .find_map(|e| find_function(e, &n))
+                })
+                .unwrap_or_default();
             return Err(SqlError::new(
-                SqlPosition::default(),
+                at,
                 format!("DuckDB cannot run this query: {first}"),
             )
             .help("check function names, argument counts and types (declare column types under `sources.<topic>.columns`)"));
@@ -204,11 +284,11 @@ fn check(
                 return Err(SqlError::new(
                     at,
                     format!(
-                        "the WHERE (and extra ON) condition is {}, not BOOLEAN",
-                        keep.data_type()
+                        "the WHERE condition (with the ON conditions beyond the join keys) is {}, not BOOLEAN",
+                        sql_type_name(keep.data_type())
                     ),
                 )
-                .help("write a comparison, for example `e.flag = 1` or `e.flag IS TRUE`"));
+                .help("write a comparison, for example `e.flag = 1` or `e.flag <> 0`"));
             }
         }
     }

@@ -34,6 +34,15 @@ pub fn require_broker() {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The wall clock in epoch milliseconds (record timestamps near now stay
+/// within the pipelines' bound on event time).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
     let nanos = SystemTime::now()
