@@ -72,6 +72,10 @@ enum Command {
         /// How many records.
         #[arg(long, default_value_t = 10)]
         count: usize,
+        /// Also print each record's headers (a dead letter's reason is
+        /// `kaflowsql.dlq.reason`), as a `"headers"` object.
+        #[arg(long)]
+        headers: bool,
     },
     /// Check pipeline files; print every problem with file, line and column.
     Validate {
@@ -126,7 +130,8 @@ fn main() -> ExitCode {
             brokers,
             topic,
             count,
-        } => peek(&brokers, &topic, count),
+            headers,
+        } => peek(&brokers, &topic, count, headers),
         Command::Explain { file } => explain(&file),
         Command::Test {
             pipeline,
@@ -153,11 +158,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn peek(brokers: &str, topic: &str, count: usize) -> anyhow::Result<ExitCode> {
+fn peek(brokers: &str, topic: &str, count: usize, headers: bool) -> anyhow::Result<ExitCode> {
     let records =
         kaflowsql::kafka::peek::peek(brokers, topic, count, std::time::Duration::from_secs(10))?;
-    for (key, value) in &records {
-        println!("{}", testing::output_line(key.as_deref(), value));
+    for r in &records {
+        let mut line = testing::output_line(r.key.as_deref(), &r.value);
+        if headers {
+            let map: serde_json::Map<String, serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    let text = String::from_utf8_lossy(v).into_owned();
+                    (k.clone(), serde_json::Value::String(text))
+                })
+                .collect();
+            line.pop();
+            line.push_str(&format!(
+                ",\"headers\":{}}}",
+                serde_json::Value::Object(map)
+            ));
+        }
+        println!("{line}");
     }
     Ok(if records.is_empty() {
         ExitCode::FAILURE

@@ -89,6 +89,29 @@ state:
     assert_eq!(dead[0].headers["kaflowsql.source.offset"], "1");
     assert_eq!(dead[0].headers["kaflowsql.dlq.value"], "original");
     assert_eq!(k.metric("kaflowsql_dlq_records_total"), 1.0);
+    // What an operator runs to read the reason.
+    let peek = std::process::Command::new(env!("CARGO_BIN_EXE_kaflowsql"))
+        .args([
+            "peek",
+            "--brokers",
+            &support::brokers(),
+            "--topic",
+            &dlq,
+            "--count",
+            "1",
+            "--headers",
+        ])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&peek.stdout);
+    assert!(peek.status.success(), "{line}");
+    let doc: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert!(
+        doc["headers"]["kaflowsql.dlq.reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Could not convert string 'three'")),
+        "{doc}"
+    );
     assert!(k.get("/healthz").is_some_and(|(s, _)| s == 200));
     // Still running: a later record is processed.
     p.send(

@@ -3,13 +3,21 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::KafkaError;
 
-/// A record's key and value.
-pub type KeyValue = (Option<Vec<u8>>, Vec<u8>);
+/// A record's key, value and headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peeked {
+    /// Kafka key.
+    pub key: Option<Vec<u8>>,
+    /// Kafka value (empty for a tombstone).
+    pub value: Vec<u8>,
+    /// Headers in order (a dead letter's reason is `kaflowsql.dlq.reason`).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
 
 /// Up to `count` records of `topic` from the beginning of each partition,
 /// waiting at most `timeout`.
@@ -18,7 +26,7 @@ pub fn peek(
     topic: &str,
     count: usize,
     timeout: Duration,
-) -> Result<Vec<KeyValue>, KafkaError> {
+) -> Result<Vec<Peeked>, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "kaflowsql-peek")
@@ -48,10 +56,19 @@ pub fn peek(
     let mut out = Vec::new();
     while out.len() < count && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push((
-                m.key().map(<[u8]>::to_vec),
-                m.payload().unwrap_or_default().to_vec(),
-            ));
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Peeked {
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
         }
     }
     Ok(out)
