@@ -80,18 +80,20 @@ fn function_name(name: &sqlparser::ast::ObjectName) -> String {
         .unwrap_or_else(|| name.to_string().to_ascii_lowercase())
 }
 
-/// Where the function `wanted` (lowercase) is first called in `expr`.
-fn find_function(expr: &Expr, wanted: &str) -> Option<SqlPosition> {
-    struct Find<'a> {
-        wanted: &'a str,
-        found: Option<SqlPosition>,
+/// The first function call in `expr` whose name satisfies `wanted`: its
+/// position and name.
+fn find_call(expr: &Expr, wanted: impl Fn(&str) -> bool) -> Option<(SqlPosition, String)> {
+    struct Find<F> {
+        wanted: F,
+        found: Option<(SqlPosition, String)>,
     }
-    impl Visitor for Find<'_> {
+    impl<F: Fn(&str) -> bool> Visitor for Find<F> {
         type Break = ();
         fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
             if let Expr::Function(f) = expr {
-                if function_name(&f.name) == self.wanted {
-                    self.found = Some(position(expr));
+                let name = function_name(&f.name);
+                if (self.wanted)(&name) {
+                    self.found = Some((position(expr), name));
                     return ControlFlow::Break(());
                 }
             }
@@ -122,33 +124,6 @@ pub(crate) fn sql_type_name(dt: &DataType) -> String {
         DataType::Timestamp(..) => "TIMESTAMP".into(),
         other => other.to_string(),
     }
-}
-
-/// The first aggregate function call in `expr`: its position and name.
-fn find_aggregate(expr: &Expr, aggregates: &BTreeSet<String>) -> Option<(SqlPosition, String)> {
-    struct Find<'a> {
-        aggregates: &'a BTreeSet<String>,
-        found: Option<(SqlPosition, String)>,
-    }
-    impl Visitor for Find<'_> {
-        type Break = ();
-        fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-            if let Expr::Function(f) = expr {
-                let name = function_name(&f.name);
-                if self.aggregates.contains(&name) {
-                    self.found = Some((position(expr), name));
-                    return ControlFlow::Break(());
-                }
-            }
-            ControlFlow::Continue(())
-        }
-    }
-    let mut find = Find {
-        aggregates,
-        found: None,
-    };
-    let _ = expr.visit(&mut find);
-    find.found
 }
 
 /// Binds `plan` in DuckDB with `declared` column types per topic.
@@ -186,7 +161,7 @@ fn check(
         .map(|o| &o.expr)
         .chain(plan.filter.as_ref());
     for expr in exprs {
-        if let Some((at, name)) = find_aggregate(expr, &aggregates) {
+        if let Some((at, name)) = find_call(expr, |n| aggregates.contains(n)) {
             return Err(SqlError::new(
                 at,
                 format!("the aggregate `{name}` is not supported in a stream join"),
@@ -264,7 +239,7 @@ fn check(
                         .iter()
                         .map(|o| &o.expr)
                         .chain(plan.filter.as_ref())
-                        .find_map(|e| find_function(e, &n))
+                        .find_map(|e| find_call(e, |f| f == n).map(|(at, _)| at))
                 })
                 .unwrap_or_default();
             return Err(SqlError::new(
