@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use duckdb::arrow::array::{new_null_array, ArrayRef, UInt32Array};
 use duckdb::arrow::datatypes::{DataType, Field, Schema};
@@ -48,6 +48,9 @@ fn position(expr: &Expr) -> SqlPosition {
         }
     }
 }
+
+/// DuckDB's aggregate names, read from its catalog once per process.
+static AGGREGATES: OnceLock<BTreeSet<String>> = OnceLock::new();
 
 /// Names of DuckDB functions that exist as aggregates and not as scalars.
 fn aggregates(ev: &Evaluator) -> BTreeSet<String> {
@@ -154,7 +157,7 @@ fn check(
     plan: &QueryPlan,
     declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
 ) -> Result<(), SqlError> {
-    let aggregates = aggregates(ev);
+    let aggregates = AGGREGATES.get_or_init(|| aggregates(ev));
     let exprs = plan
         .outputs
         .iter()
