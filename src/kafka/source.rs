@@ -140,14 +140,7 @@ impl Record<'_> {
 
     /// Its headers, copied (only needed for dead letters).
     pub fn headers(&self) -> Vec<(String, Vec<u8>)> {
-        self.message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        headers_of(&self.message)
     }
 
     /// Kafka timestamp in epoch ms ([`crate::engine::NO_TIMESTAMP`] when the record has none).
@@ -169,6 +162,18 @@ impl Record<'_> {
             value: self.value(),
         }
     }
+}
+
+/// A message's headers, copied, in order.
+pub(super) fn headers_of(message: &impl Message) -> Vec<(String, Vec<u8>)> {
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Polls `consumer`: a record, a consume error, or None when nothing came in `timeout`.
