@@ -9,11 +9,9 @@
 
 pub mod codec;
 pub mod config;
-pub mod emit;
 pub mod engine;
 pub mod error;
 pub mod eval;
-pub mod join;
 pub mod kafka;
 pub mod offsets;
 pub mod sql;

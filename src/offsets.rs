@@ -1,15 +1,36 @@
-//! Which source offsets are still needed: a record is *pinned* while state
-//! holds it for future joins, while smart emission holds it, or while an
-//! output it caused is in flight. A partition's offset may be committed only
-//! up to its oldest pinned record, so a restart re-reads everything that can
-//! still change the output (at-least-once).
+//! Offset bookkeeping: which source offsets may be committed, and when.
+//!
+//! A record is *pinned* while state holds it for future joins or smart
+//! emission holds it ([`OffsetPins`], kept by the engine where those change).
+//! Everything else is the [`Ledger`]'s, the one owner of the rules:
+//!
+//! - the next offset read per partition, and which records a restored state
+//!   already reflects (skipped on re-read);
+//! - per sealed *epoch* (the outputs of one micro-batch), the offsets it
+//!   makes committable and the state checkpoint that goes with it;
+//! - when an epoch is delivered: its checkpoint is written first, then its
+//!   offsets are committed to Kafka;
+//! - when partitions are revoked: nothing about them survives, so a
+//!   partition assigned back starts from its committed offset with empty
+//!   state (no record is held twice).
+//!
+//! Invariant (property-tested below): a committed offset never passes a
+//! record whose output is not delivered, nor a record still pinned.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::store::Checkpoint;
+
+/// A source partition: interned topic id and partition number.
+pub type Partition = (u16, i32);
+
+/// Offsets to commit, by topic name and partition (next offset to read).
+pub type CommitOffsets = BTreeMap<(String, i32), i64>;
 
 /// Pin counts per (topic index, partition) and offset.
 #[derive(Debug, Default)]
 pub struct OffsetPins {
-    pins: HashMap<(u16, i32), BTreeMap<i64, u32>>,
+    pins: HashMap<Partition, BTreeMap<i64, u32>>,
 }
 
 impl OffsetPins {
@@ -39,6 +60,11 @@ impl OffsetPins {
         }
     }
 
+    /// Forgets every pin of a partition (its state was dropped).
+    pub fn forget(&mut self, topic: u16, partition: i32) {
+        self.pins.remove(&(topic, partition));
+    }
+
     /// The oldest pinned offset of a partition, if any.
     pub fn oldest(&self, topic: u16, partition: i32) -> Option<i64> {
         self.pins
@@ -66,9 +92,169 @@ pub fn committable(next_to_read: i64, oldest_pinned: Option<i64>) -> i64 {
     }
 }
 
+/// Where a record was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// An event stream (its offsets are committed).
+    Stream,
+    /// A dimension (read from the beginning by every instance; only checkpointed).
+    Dimension,
+}
+
+#[derive(Debug)]
+struct Epoch {
+    id: usize,
+    commit: CommitOffsets,
+    checkpoint: Option<Checkpoint>,
+}
+
+/// The one owner of offset bookkeeping for one pipeline (see the module doc).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Next offset per event-stream partition, for records already pushed.
+    next: HashMap<Partition, i64>,
+    /// Next offset per dimension partition.
+    dimension_next: HashMap<Partition, i64>,
+    /// Records before these offsets are already in the restored state.
+    resume: HashMap<Partition, i64>,
+    /// Sealed epochs not yet delivered, oldest first.
+    epochs: VecDeque<Epoch>,
+    /// Delivered epochs' checkpoints, merged, waiting to be written.
+    ready: Option<Checkpoint>,
+    /// Delivered offsets not yet committed (the next commit takes them all).
+    uncommitted: CommitOffsets,
+}
+
+impl Ledger {
+    /// A ledger for a pipeline whose restored state reflects the records
+    /// before `resume` (empty without durable state).
+    pub fn new(resume: HashMap<Partition, i64>) -> Self {
+        Self {
+            resume,
+            ..Self::default()
+        }
+    }
+
+    /// Notes that the record at `offset` of `partition` was read. Returns
+    /// false when restored state already reflects it (its outputs were
+    /// delivered before the restart): the caller skips it.
+    pub fn read(&mut self, partition: Partition, offset: i64, input: Input) -> bool {
+        let next = match input {
+            Input::Stream => &mut self.next,
+            Input::Dimension => &mut self.dimension_next,
+        };
+        next.insert(partition, offset + 1);
+        self.resume.get(&partition).is_none_or(|&r| offset >= r)
+    }
+
+    /// What to commit once the epoch being sealed is delivered: per event
+    /// stream partition, the next offset to read held back to its oldest
+    /// pinned record. `name` turns a topic id into its name.
+    pub fn commit_offsets<'n>(
+        &self,
+        name: impl Fn(u16) -> &'n str,
+        oldest_pinned: impl Fn(Partition) -> Option<i64>,
+    ) -> CommitOffsets {
+        self.next
+            .iter()
+            .map(|(&(t, p), &next)| {
+                let at = committable(next, oldest_pinned((t, p)));
+                ((name(t).to_string(), p), at)
+            })
+            .collect()
+    }
+
+    /// What a checkpoint of the state records: the next offset of every
+    /// partition read, streams and dimensions.
+    pub fn checkpoint_offsets<'n>(
+        &self,
+        name: impl Fn(u16) -> &'n str,
+    ) -> HashMap<(String, i32), i64> {
+        self.next
+            .iter()
+            .chain(&self.dimension_next)
+            .map(|(&(t, p), &o)| ((name(t).to_string(), p), o))
+            .collect()
+    }
+
+    /// Records sealed epoch `id`: `commit` becomes committable, and
+    /// `checkpoint` writable, once it and every earlier epoch are delivered.
+    pub fn seal(&mut self, id: usize, commit: CommitOffsets, checkpoint: Option<Checkpoint>) {
+        self.epochs.push_back(Epoch {
+            id,
+            commit,
+            checkpoint,
+        });
+    }
+
+    /// Every epoch up to `id` is delivered. Returns the offsets they made
+    /// committable (the newest epoch's: each epoch's offsets cover all
+    /// partitions read so far).
+    pub fn delivered(&mut self, id: usize) -> CommitOffsets {
+        let mut newest = CommitOffsets::new();
+        while self.epochs.front().is_some_and(|e| e.id <= id) {
+            let Some(epoch) = self.epochs.pop_front() else {
+                break;
+            };
+            if let Some(c) = epoch.checkpoint {
+                match self.ready.as_mut() {
+                    Some(m) => m.absorb(c),
+                    None => self.ready = Some(c),
+                }
+            }
+            newest.extend(epoch.commit);
+        }
+        self.uncommitted
+            .extend(newest.iter().map(|(k, v)| (k.clone(), *v)));
+        newest
+    }
+
+    /// The checkpoint to write before the next commit (delivered epochs', merged).
+    pub fn take_checkpoint(&mut self) -> Option<Checkpoint> {
+        self.ready.take()
+    }
+
+    /// Whether delivered offsets wait for a commit.
+    pub fn has_uncommitted(&self) -> bool {
+        !self.uncommitted.is_empty()
+    }
+
+    /// The delivered offsets not yet committed; call after the checkpoint
+    /// from [`Ledger::take_checkpoint`] is durable.
+    pub fn take_uncommitted(&mut self) -> CommitOffsets {
+        std::mem::take(&mut self.uncommitted)
+    }
+
+    /// Partitions `revoked` (by id, with their names) are no longer this
+    /// instance's: their read positions, restored offsets and every pending
+    /// checkpoint's offsets for them are forgotten, so a later assignment
+    /// reads them from the committed offset into empty state.
+    pub fn revoke(&mut self, revoked: &[(Partition, &str)]) {
+        for &(p, name) in revoked {
+            self.next.remove(&p);
+            self.resume.remove(&p);
+            let key = (name.to_string(), p.1);
+            for c in self
+                .epochs
+                .iter_mut()
+                .filter_map(|e| e.checkpoint.as_mut())
+                .chain(self.ready.as_mut())
+            {
+                c.offsets.remove(&key);
+            }
+        }
+    }
+
+    /// Event-stream partitions restored from state (their resume offsets).
+    pub fn restored(&self) -> impl Iterator<Item = Partition> + '_ {
+        self.resume.keys().copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn the_oldest_pin_holds_the_commit_back() {
@@ -87,15 +273,129 @@ mod tests {
         assert_eq!(committable(20, pins.oldest(0, 1)), 20);
         pins.unpin(3, 3, 3);
         assert_eq!(pins.len(), 0);
+        pins.pin(2, 0, 1);
+        pins.forget(2, 0);
+        assert_eq!(pins.oldest(2, 0), None);
     }
 
     #[test]
-    fn partitions_are_independent() {
-        let mut pins = OffsetPins::default();
-        pins.pin(0, 0, 5);
-        pins.pin(1, 0, 1);
-        assert_eq!(pins.oldest(0, 0), Some(5));
-        assert_eq!(pins.oldest(1, 0), Some(1));
-        assert_eq!(pins.oldest(0, 1), None);
+    fn restored_records_are_skipped_until_their_partition_is_revoked() {
+        let mut l = Ledger::new(HashMap::from([((0, 0), 10)]));
+        assert!(!l.read((0, 0), 9, Input::Stream), "in restored state");
+        assert!(l.read((0, 0), 10, Input::Stream));
+        assert!(l.read((0, 1), 0, Input::Stream), "not restored");
+        l.seal(1, CommitOffsets::new(), Some(checkpoint(&[("t", 0, 11)])));
+        l.revoke(&[((0, 0), "t")]);
+        assert!(
+            l.read((0, 0), 3, Input::Stream),
+            "revoked: nothing is skipped any more"
+        );
+        l.delivered(1);
+        let c = l.take_checkpoint().map(|c| c.offsets);
+        assert_eq!(
+            c,
+            Some(HashMap::new()),
+            "a pending checkpoint forgets the partition"
+        );
+    }
+
+    fn checkpoint(offsets: &[(&str, i32, i64)]) -> Checkpoint {
+        Checkpoint {
+            offsets: offsets
+                .iter()
+                .map(|&(t, p, o)| ((t.to_string(), p), o))
+                .collect(),
+            ..Checkpoint::default()
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Read the next record of partition `p`; pin it if `pin`.
+        Read { p: i32, pin: bool },
+        /// Unpin the `n`-th pinned record (modulo their count).
+        Unpin(usize),
+        /// Evaluate and seal an epoch (outputs of every record read since).
+        Seal,
+        /// The broker acknowledges epochs up to the `n`-th undelivered one.
+        Deliver(usize),
+        /// Write the checkpoint, then commit.
+        Commit,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..3i32, any::<bool>()).prop_map(|(p, pin)| Op::Read { p, pin }),
+            2 => any::<usize>().prop_map(Op::Unpin),
+            2 => Just(Op::Seal),
+            2 => any::<usize>().prop_map(Op::Deliver),
+            1 => Just(Op::Commit),
+        ]
+    }
+
+    proptest! {
+        /// Never commit past an undelivered output or a record still pinned.
+        #[test]
+        fn commits_never_pass_an_undelivered_output_or_a_pinned_record(
+            ops in proptest::collection::vec(op(), 1..200)
+        ) {
+            let mut ledger = Ledger::new(HashMap::new());
+            let mut pins = OffsetPins::default();
+            let mut pinned: Vec<(i32, i64)> = Vec::new();
+            let mut next_offset = [0i64; 3];
+            // Records whose outputs are not delivered: (partition, offset, epoch or None).
+            let mut undelivered: Vec<(i32, i64, Option<usize>)> = Vec::new();
+            let mut epoch = 0usize;
+            let mut sealed: VecDeque<usize> = VecDeque::new();
+            for op in ops {
+                match op {
+                    Op::Read { p, pin } => {
+                        let o = next_offset[p as usize];
+                        next_offset[p as usize] += 1;
+                        prop_assert!(ledger.read((0, p), o, Input::Stream));
+                        if pin {
+                            pins.pin(0, p, o);
+                            pinned.push((p, o));
+                        }
+                        undelivered.push((p, o, None));
+                    }
+                    Op::Unpin(n) if !pinned.is_empty() => {
+                        let (p, o) = pinned.remove(n % pinned.len());
+                        pins.unpin(0, p, o);
+                    }
+                    Op::Unpin(_) => {}
+                    Op::Seal => {
+                        epoch += 1;
+                        let commit = ledger.commit_offsets(|_| "t", |(t, p)| pins.oldest(t, p));
+                        ledger.seal(epoch, commit, None);
+                        for u in undelivered.iter_mut().filter(|u| u.2.is_none()) {
+                            u.2 = Some(epoch);
+                        }
+                        sealed.push_back(epoch);
+                    }
+                    Op::Deliver(n) if !sealed.is_empty() => {
+                        let upto = sealed[n % sealed.len()];
+                        while sealed.front().is_some_and(|&e| e <= upto) {
+                            sealed.pop_front();
+                        }
+                        ledger.delivered(upto);
+                        undelivered.retain(|u| u.2.is_none_or(|e| e > upto));
+                    }
+                    Op::Deliver(_) => {}
+                    Op::Commit => {
+                        for ((_, p), at) in ledger.take_uncommitted() {
+                            for &(up, uo, _) in &undelivered {
+                                prop_assert!(up != p || uo >= at,
+                                    "committed {at} on partition {p} past undelivered offset {uo}");
+                            }
+                            for &(pp, po) in &pinned {
+                                prop_assert!(pp != p || po >= at,
+                                    "committed {at} on partition {p} past pinned offset {po}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

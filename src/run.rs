@@ -129,6 +129,11 @@ pub fn run(
             .memory_budget()
             .map(|b| b / pipelines.len().max(1) as u64),
         state: Some(state.clone()),
+        max_poll_records: global
+            .kafka
+            .consumer
+            .max_poll_records
+            .map_or(4096, |n| (n as usize).max(1)),
         ..RunOptions::default()
     };
     // Tests replay recorded input slowly; they set event time not to follow the wall clock.

@@ -1,27 +1,29 @@
-//! Wiring of one running pipeline: dimension bootstrap, the consume → engine
-//! → produce loop, commits that never pass an undelivered output or a record
-//! still needed in state, and a graceful drain on shutdown.
+//! One running pipeline, as named steps: restore state, bootstrap the
+//! dimensions, subscribe to the event streams, then loop (poll a micro-batch,
+//! deliver it, acknowledge deliveries, checkpoint and commit), and drain.
 //!
 //! One thread per pipeline runs the whole loop: records move in batches of up
 //! to `maxPollRecords`, each batch is evaluated once, its outputs are produced
 //! in one epoch, and a full producer queue blocks the loop (backpressure).
+//! Which offsets may be committed, and when, is the [`Ledger`]'s rule; this
+//! module only calls it. Kafka is reached through [`crate::kafka`] alone.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::config::{Emission, GlobalConfig, Pipeline};
+use crate::config::{GlobalConfig, Pipeline};
 use crate::engine::{Engine, EngineError, Outputs};
 use crate::error::{Classified, Domain, LogLimit, Retry};
-use crate::kafka::sink::{CommitOffsets, Delivered, Sink};
-use crate::kafka::source::{DimensionSource, EventSource, Ownership, Record};
+use crate::kafka::sink::Sink;
+use crate::kafka::source::{DimensionSource, EventSource, Ownership, Rebalanced, Record};
 use crate::kafka::KafkaError;
-use crate::offsets::committable;
+use crate::offsets::{Input, Ledger};
 use crate::sql::Role;
-use crate::store::{Checkpoint, StateDb};
+use crate::store::StateDb;
 use crate::telemetry::PipelineMetrics;
 
 /// Why a pipeline stopped with an error.
@@ -43,6 +45,22 @@ pub enum RunError {
         /// The failure.
         source: Box<EngineError>,
     },
+}
+
+impl RunError {
+    fn kafka(pipeline: &Pipeline, source: KafkaError) -> Self {
+        RunError::Kafka {
+            pipeline: pipeline.name.clone(),
+            source: Box::new(source),
+        }
+    }
+
+    fn engine(pipeline: &Pipeline, source: EngineError) -> Self {
+        RunError::Engine {
+            pipeline: pipeline.name.clone(),
+            source: Box::new(source),
+        }
+    }
 }
 
 impl Classified for RunError {
@@ -86,6 +104,8 @@ pub struct RunOptions {
     pub state: Option<Arc<StateDb>>,
     /// Bound on each pipeline's hot state in bytes.
     pub memory_budget: Option<u64>,
+    /// Records per micro-batch poll (`kafka.consumer.maxPollRecords`).
+    pub max_poll_records: usize,
 }
 
 impl Default for RunOptions {
@@ -98,194 +118,128 @@ impl Default for RunOptions {
             idle_watermark_after: Duration::from_secs(1),
             state: None,
             memory_budget: None,
+            max_poll_records: 4096,
         }
     }
 }
 
+/// One running pipeline: the engine, the producer, the offset ledger and
+/// what the loop needs between steps.
 struct Runner<'a> {
     pipeline: &'a Pipeline,
+    options: &'a RunOptions,
     engine: Engine,
     sink: Sink,
+    ledger: Ledger,
     metrics: Arc<PipelineMetrics>,
-    /// Next offset to read per event-stream partition, for records already evaluated.
-    next: HashMap<(u16, i32), i64>,
-    /// Next offset to read per dimension partition.
-    dimension_next: HashMap<(u16, i32), i64>,
-    /// Records before these offsets are already in the restored state.
-    resume: HashMap<(u16, i32), i64>,
-    /// Checkpoints of sealed epochs, oldest first, written once delivered.
-    checkpoints: VecDeque<(usize, Checkpoint)>,
-    /// Delivered epochs' checkpoints, merged, waiting for the next commit.
-    ready: Option<Checkpoint>,
+    shutdown: Arc<AtomicBool>,
     out: Outputs,
+    /// Whether the first assignment was seen (group mode).
+    assigned_once: bool,
+    last_commit: Instant,
+    dimension_log: LogLimit,
+    consume_log: LogLimit,
+    commit_log: LogLimit,
 }
 
-impl Runner<'_> {
-    fn kafka(&self, source: KafkaError) -> RunError {
-        RunError::Kafka {
-            pipeline: self.pipeline.name.clone(),
-            source: Box::new(source),
-        }
-    }
+/// Runs `pipeline` until `shutdown` is set or a fatal error: restore state,
+/// read the dimensions to their end, then poll, evaluate, deliver, commit;
+/// drain on the way out.
+pub fn run_pipeline(
+    pipeline: &Pipeline,
+    global: &GlobalConfig,
+    options: &RunOptions,
+    metrics: Arc<PipelineMetrics>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), RunError> {
+    let (engine, restored) = restore(pipeline, options, &metrics)?;
+    let Some(sink) = connect("create the producer", &shutdown, &metrics, || {
+        Sink::new(&global.producer_properties()).map(|s| s.with_shutdown(shutdown.clone()))
+    })
+    .map_err(|e| RunError::kafka(pipeline, e))?
+    else {
+        return Ok(());
+    };
+    let resume = restored
+        .iter()
+        .filter_map(|((topic, p), &o)| engine.topic_index(topic).map(|t| ((t, *p), o)))
+        .collect();
+    let mut runner = Runner {
+        pipeline,
+        options,
+        engine,
+        sink,
+        ledger: Ledger::new(resume),
+        metrics,
+        shutdown,
+        out: Outputs::default(),
+        assigned_once: false,
+        last_commit: Instant::now(),
+        dimension_log: LogLimit::new(Duration::from_secs(10)),
+        consume_log: LogLimit::new(Duration::from_secs(10)),
+        commit_log: LogLimit::new(Duration::from_secs(10)),
+    };
+    let Some(dimensions) = runner.bootstrap_dimensions(global, &restored)? else {
+        return Ok(());
+    };
+    let Some(source) = runner.subscribe(global, &restored)? else {
+        return Ok(());
+    };
+    let result = runner.run(&source, dimensions.as_ref());
+    runner.drain(&source, result)
+}
 
-    fn engine_err(&self, source: EngineError) -> RunError {
-        RunError::Engine {
-            pipeline: self.pipeline.name.clone(),
-            source: Box::new(source),
-        }
-    }
+/// Next offset per (topic, partition) that restored state reflects.
+type Resume = HashMap<(String, i32), i64>;
 
-    /// Pushes one record (the last of `batch`, the records of the current
-    /// micro-batch so far); dead letters go out at once.
-    fn push(&mut self, batch: &[Record<'_>], track: bool) -> Result<(), RunError> {
-        let Some(m) = batch.last() else {
-            return Ok(());
-        };
-        let Some(t) = self.engine.topic_index(m.topic()) else {
-            return Ok(());
-        };
-        let at = (t, m.partition());
-        if track {
-            self.next.insert(at, m.offset() + 1);
-        } else {
-            self.dimension_next.insert(at, m.offset() + 1);
-        }
-        if self.resume.get(&at).is_some_and(|&r| m.offset() < r) {
-            // Already reflected by restored state, its outputs delivered.
-            return Ok(());
-        }
-        self.engine
-            .push(&m.source_record(), &mut self.out)
-            .map_err(|e| self.engine_err(e))?;
-        self.send_dead_letters(batch)
-    }
+/// Builds the engine and restores its durable state; returns the offsets
+/// the restored state reflects (empty without durable state).
+fn restore(
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    metrics: &PipelineMetrics,
+) -> Result<(Engine, Resume), RunError> {
+    let fail = |e: EngineError| RunError::engine(pipeline, e);
+    let mut engine = Engine::new(pipeline)
+        .map_err(fail)?
+        .with_lookup_timing(metrics.lookup_histogram());
+    let Some(db) = &options.state else {
+        return Ok((engine, HashMap::new()));
+    };
+    let started = Instant::now();
+    let store = db
+        .pipeline(
+            &pipeline.name,
+            &engine.fingerprint(pipeline),
+            &engine.stored_sources(),
+        )
+        .map_err(|e| fail(e.into()))?;
+    let (restored, report) = engine
+        .attach_store(store, options.memory_budget)
+        .map_err(fail)?;
+    info!(
+        pipeline = %pipeline.name,
+        path = %db.path().display(),
+        loaded = report.loaded,
+        on_disk = report.on_disk,
+        replayed = report.replayed,
+        held = report.held,
+        partitions = restored.offsets.len(),
+        elapsed = ?started.elapsed(),
+        "State restored."
+    );
+    Ok((engine, restored.offsets))
+}
 
-    /// Produces every pending dead letter, each with its record's original
-    /// key, value and headers when `batch` still holds the record.
-    fn send_dead_letters(&mut self, batch: &[Record<'_>]) -> Result<(), RunError> {
-        if self.out.dead_letters.is_empty() {
-            return Ok(());
-        }
-        for mut dead in std::mem::take(&mut self.out.dead_letters) {
-            let original = batch.iter().rev().find(|m| {
-                m.offset() == dead.offset
-                    && m.partition() == dead.partition
-                    && m.topic() == dead.topic
-            });
-            let headers: Vec<(String, Vec<u8>)> = match original {
-                Some(m) => {
-                    if dead.decoded_copy {
-                        dead.key = m.key().map(<[u8]>::to_vec);
-                        dead.value = m.value().map(<[u8]>::to_vec);
-                        dead.decoded_copy = false;
-                    }
-                    m.headers()
-                }
-                None => Vec::new(),
-            };
-            self.sink
-                .send_dead_letter(
-                    &self.pipeline.output.dlq_topic,
-                    &self.pipeline.name,
-                    &dead,
-                    &headers,
-                )
-                .map_err(|e| self.kafka(e))?;
-            self.metrics.dlq_records(1);
-            self.metrics.error(Domain::Data, dead.kind);
-        }
-        Ok(())
-    }
-
-    /// Evaluates pending rows, produces them and seals the epoch; `batch`
-    /// holds the micro-batch's records (for the dead letters of rows that
-    /// failed in SQL).
-    fn flush(
-        &mut self,
-        started: Option<Instant>,
-        events: u64,
-        batch: &[Record<'_>],
-    ) -> Result<(), RunError> {
-        let sql_before = self.engine.stats().sql_nanos;
-        self.engine
-            .flush(&mut self.out)
-            .map_err(|e| self.engine_err(e))?;
-        self.send_dead_letters(batch)?;
-        for row in &self.out.rows {
-            let driving = (
-                self.engine.topic_name(row.driving.topic),
-                row.driving.partition,
-                row.driving.offset,
-            );
-            let sent = self.sink.send_output(
-                &self.pipeline.output.topic,
-                self.out.key(row),
-                self.out.value(row),
-                driving,
-            );
-            if let Err(e) = sent {
-                return Err(RunError::Kafka {
-                    pipeline: self.pipeline.name.clone(),
-                    source: Box::new(e),
-                });
-            }
-        }
-        self.metrics.output_records(self.out.rows.len() as u64);
-        self.out.clear_rows();
-        let mut offsets = CommitOffsets::new();
-        for (&(t, p), &next) in &self.next {
-            offsets.insert(
-                (self.engine.topic_name(t).to_string(), p),
-                committable(next, self.engine.oldest_pinned(t, p)),
-            );
-        }
-        let epoch = self.sink.seal(offsets);
-        if self.engine.is_durable() {
-            let resume = self
-                .next
-                .iter()
-                .chain(&self.dimension_next)
-                .map(|(&(t, p), &o)| ((self.engine.topic_name(t).to_string(), p), o))
-                .collect();
-            let checkpoint = self.engine.checkpoint(resume);
-            self.checkpoints.push_back((epoch, checkpoint));
-        }
-        self.publish(started, events, sql_before);
-        Ok(())
-    }
-
-    /// Notes that every epoch up to `done` is delivered: their checkpoints
-    /// merge into the next one to write.
-    fn delivered(&mut self, done: &Delivered) {
-        while self
-            .checkpoints
-            .front()
-            .is_some_and(|(id, _)| *id <= done.epoch)
-        {
-            if let Some((_, c)) = self.checkpoints.pop_front() {
-                match self.ready.as_mut() {
-                    Some(m) => m.absorb(c),
-                    None => self.ready = Some(c),
-                }
-            }
+/// The distinct topics of `pipeline`'s sources of `role`.
+fn topics_of(pipeline: &Pipeline, role: Role) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for s in pipeline.plan.sources.iter().filter(|s| s.role == role) {
+        if !v.contains(&s.topic) {
+            v.push(s.topic.clone());
         }
     }
-
-    /// Makes the delivered epochs' state durable (one batch, WAL synced);
-    /// their offsets may be committed to Kafka after this returns.
-    fn write_checkpoint(&mut self) -> Result<(), RunError> {
-        if let Some(c) = self.ready.take() {
-            self.engine
-                .commit_checkpoint(&c)
-                .map_err(|e| self.engine_err(e))?;
-        }
-        Ok(())
-    }
-
-    fn publish(&self, started: Option<Instant>, events: u64, sql_before: u64) {
-        self.metrics
-            .record_batch(&self.engine, started, events, sql_before);
-    }
+    v
 }
 
 /// Runs `attempt` until it succeeds, retrying with backoff (0.5 s doubling
@@ -324,367 +278,452 @@ fn connect<T>(
     }
 }
 
-/// Runs `pipeline` until `shutdown` is set or a fatal error.
-pub fn run_pipeline(
-    pipeline: &Pipeline,
-    global: &GlobalConfig,
-    options: &RunOptions,
-    metrics: Arc<PipelineMetrics>,
-    shutdown: Arc<AtomicBool>,
-) -> Result<(), RunError> {
-    let name = pipeline.name.clone();
-    let kafka = |source| RunError::Kafka {
-        pipeline: name.clone(),
-        source: Box::new(source),
-    };
-    let engine_err = |source: EngineError| RunError::Engine {
-        pipeline: name.clone(),
-        source: Box::new(source),
-    };
-    let mut engine = Engine::new(pipeline)
-        .map_err(engine_err)?
-        .with_lookup_timing(metrics.lookup_histogram());
-    let mut resume_by_name: HashMap<(String, i32), i64> = HashMap::new();
-    if let Some(db) = &options.state {
-        let started = Instant::now();
-        let store = db
-            .pipeline(
-                &pipeline.name,
-                &engine.fingerprint(pipeline),
-                &engine.stored_sources(),
-            )
-            .map_err(|e| engine_err(e.into()))?;
-        let (restored, report) = engine
-            .attach_store(store, options.memory_budget)
-            .map_err(engine_err)?;
-        info!(
-            pipeline = %pipeline.name,
-            path = %db.path().display(),
-            loaded = report.loaded,
-            on_disk = report.on_disk,
-            replayed = report.replayed,
-            held = report.held,
-            partitions = restored.offsets.len(),
-            elapsed = ?started.elapsed(),
-            "State restored."
-        );
-        resume_by_name = restored.offsets;
+impl<'a> Runner<'a> {
+    fn kafka(&self, source: KafkaError) -> RunError {
+        RunError::kafka(self.pipeline, source)
     }
-    let resume: HashMap<(u16, i32), i64> = resume_by_name
-        .iter()
-        .filter_map(|((topic, p), &o)| engine.topic_index(topic).map(|t| ((t, *p), o)))
-        .collect();
-    let topics_of = |role: Role| {
-        unique(
-            pipeline
-                .plan
-                .sources
-                .iter()
-                .filter(|s| s.role == role)
-                .map(|s| s.topic.clone()),
-        )
-    };
-    let (streams, dims) = (topics_of(Role::Stream), topics_of(Role::Dimension));
-    let consumer_props = global.consumer_properties();
-    let brokers = global.kafka.brokers.clone();
-    let max_poll = global
-        .kafka
-        .consumer
-        .max_poll_records
-        .unwrap_or(4096)
-        .max(1) as usize;
 
-    let sink = match connect("create the producer", &shutdown, &metrics, || {
-        Sink::new(&global.producer_properties()).map(|s| s.with_shutdown(shutdown.clone()))
-    })
-    .map_err(kafka)?
-    {
-        Some(s) => s,
-        None => return Ok(()),
-    };
-    let mut runner = Runner {
-        pipeline,
-        engine,
-        sink,
-        metrics: metrics.clone(),
-        next: HashMap::new(),
-        dimension_next: HashMap::new(),
-        resume,
-        checkpoints: VecDeque::new(),
-        ready: None,
-        out: Outputs::default(),
-    };
+    fn engine_err(&self, source: EngineError) -> RunError {
+        RunError::engine(self.pipeline, source)
+    }
 
-    // Dimensions first: no output until they are read to their end offsets.
-    let mut dimensions = if dims.is_empty() {
-        None
-    } else {
-        match connect("read the dimension topics", &shutdown, &metrics, || {
-            DimensionSource::start(
-                &dims,
-                &consumer_props,
-                &brokers,
-                options.dimension_timeout,
-                &resume_by_name,
-            )
-        })
-        .map_err(kafka)?
-        {
-            Some(d) => Some(d),
-            None => return Ok(()),
+    fn stopping(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// Step 1: reads every dimension to its end before any output. Returns
+    /// the dimension source (None inside: the pipeline has no dimension),
+    /// or None when shutdown was requested first.
+    fn bootstrap_dimensions(
+        &mut self,
+        global: &GlobalConfig,
+        restored: &Resume,
+    ) -> Result<Option<Option<DimensionSource>>, RunError> {
+        let dims = topics_of(self.pipeline, Role::Dimension);
+        if dims.is_empty() {
+            return Ok(Some(None));
         }
-    };
-    let started = Instant::now();
-    let mut dimension_log = LogLimit::new(Duration::from_secs(10));
-    let mut consume_log = LogLimit::new(Duration::from_secs(10));
-    let mut commit_log = LogLimit::new(Duration::from_secs(10));
-    if let Some(d) = dimensions.as_mut() {
+        let properties = global.consumer_properties();
+        let started = Instant::now();
+        let connected = connect(
+            "read the dimension topics",
+            &self.shutdown,
+            &self.metrics,
+            || {
+                DimensionSource::start(
+                    &dims,
+                    &properties,
+                    &global.kafka.brokers,
+                    self.options.dimension_timeout,
+                    restored,
+                )
+            },
+        );
+        let Some(mut d) = connected.map_err(|e| self.kafka(e))? else {
+            return Ok(None);
+        };
         let mut loaded: u64 = 0;
-        metrics.dimension_partitions_pending(d.remaining());
-        while !d.caught_up() && !shutdown.load(Ordering::Relaxed) {
+        self.metrics.dimension_partitions_pending(d.remaining());
+        while !d.caught_up() && !self.stopping() {
             match d.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     let (topic, partition, offset) =
                         (m.topic().to_string(), m.partition(), m.offset());
-                    runner.push(&[m], false)?;
+                    let mut one = vec![m];
+                    self.push(&mut one, Input::Dimension)?;
                     loaded += 1;
                     d.progressed(&topic, partition, offset);
                 }
-                Some(Err(error)) => {
-                    metrics.error(Domain::External, "dimension_read");
-                    if let Some(suppressed) = dimension_log.allow() {
-                        warn!(%error, suppressed, "Dimension read failed; retrying.");
-                    }
-                }
+                Some(Err(error)) => self.read_failed(&error, "dimension_read"),
                 None => d.idle(),
             }
-            metrics.dimension_partitions_pending(d.remaining());
+            self.metrics.dimension_partitions_pending(d.remaining());
         }
-        runner.flush(None, 0, &[])?;
-        info!(pipeline = %pipeline.name, topics = ?dims, records = loaded, elapsed = ?started.elapsed(), "Dimensions loaded.");
+        self.deliver(None, 0, &[])?;
+        info!(pipeline = %self.pipeline.name, topics = ?dims, records = loaded, elapsed = ?started.elapsed(), "Dimensions loaded.");
+        Ok(Some(Some(d)))
     }
 
-    let source = match connect("consume the event streams", &shutdown, &metrics, || {
-        EventSource::start(
-            &pipeline.name,
-            &pipeline.consumer_group,
-            &streams,
-            options.ownership,
-            &consumer_props,
-            &brokers,
-            metrics.consumer_lag(),
-            &resume_by_name,
-        )
-    })
-    .map_err(kafka)?
-    {
-        Some(s) => s,
-        None => return Ok(()),
-    };
-    info!(
-        pipeline = %pipeline.name,
-        group = %pipeline.consumer_group,
-        ownership = ?options.ownership,
-        streams = ?streams,
-        output = %pipeline.output.topic,
-        "Pipeline running."
-    );
+    /// Step 2: joins the group (or takes the static partition) of the event
+    /// streams; None when shutdown was requested first.
+    fn subscribe(
+        &mut self,
+        global: &GlobalConfig,
+        restored: &Resume,
+    ) -> Result<Option<EventSource>, RunError> {
+        let streams = topics_of(self.pipeline, Role::Stream);
+        let properties = global.consumer_properties();
+        let p = self.pipeline;
+        let connected = connect(
+            "consume the event streams",
+            &self.shutdown,
+            &self.metrics,
+            || {
+                EventSource::start(
+                    &p.name,
+                    &p.consumer_group,
+                    &streams,
+                    self.options.ownership,
+                    &properties,
+                    &global.kafka.brokers,
+                    self.metrics.consumer_lag(),
+                    restored,
+                )
+            },
+        );
+        let source = connected.map_err(|e| self.kafka(e))?;
+        if source.is_some() {
+            info!(
+                pipeline = %p.name,
+                group = %p.consumer_group,
+                ownership = ?self.options.ownership,
+                streams = ?streams,
+                output = %p.output.topic,
+                "Pipeline running."
+            );
+        }
+        Ok(source)
+    }
 
-    let smart = matches!(pipeline.emission, Emission::Smart { .. });
-    let mut last_commit = Instant::now();
-    // Delivered offsets not yet committed (the next commit takes them all).
-    let mut uncommitted = CommitOffsets::new();
-    let mut last_event = Instant::now();
-    let mut watermark_at_last_event = i64::MIN;
-    let mut ready = false;
-    let result = loop {
-        if shutdown.load(Ordering::Relaxed) {
-            break Ok(());
-        }
-        // Ready once partitions are assigned (dimensions and state are by now).
-        if !ready && source.assigned() {
-            metrics.set_ready(true);
-            ready = true;
-        }
-        // The micro-batch's records, held until it is evaluated (dead letters
-        // of rows that fail in SQL carry their original bytes).
-        let mut batch: Vec<Record<'_>> = Vec::new();
-        let mut failed: Option<RunError> = None;
-        // Dimension updates keep flowing in.
-        let mut pushed_dimensions = 0u64;
-        if let Some(d) = dimensions.as_ref() {
-            for _ in 0..max_poll {
-                match d.poll(Duration::ZERO) {
-                    Some(Ok(m)) => {
-                        batch.push(m);
-                        runner.push(&batch, false)?;
-                        pushed_dimensions += 1;
-                    }
-                    Some(Err(error)) => {
-                        metrics.error(Domain::External, "dimension_read");
-                        if let Some(suppressed) = dimension_log.allow() {
-                            warn!(%error, suppressed, "Dimension read failed.");
-                        }
-                        break;
-                    }
-                    None => break,
-                }
+    /// Step 3, the loop: poll a micro-batch (dimension updates, then event
+    /// records), evaluate and deliver it, take delivery reports, checkpoint
+    /// and commit; until shutdown or a fatal error.
+    fn run<'s>(
+        &mut self,
+        source: &'s EventSource,
+        dimensions: Option<&'s DimensionSource>,
+    ) -> Result<(), RunError> {
+        let mut ready = false;
+        while !self.stopping() {
+            // Ready once partitions are assigned (dimensions and state are by now).
+            if !ready && source.assigned() {
+                self.metrics.set_ready(true);
+                ready = true;
             }
+            // The micro-batch's records, held until it is evaluated (dead
+            // letters of rows that fail in SQL carry their original bytes).
+            let mut batch: Vec<Record<'s>> = Vec::new();
+            let updates = self.poll_dimensions(dimensions, &mut batch)?;
+            let started = Instant::now();
+            let events = self.poll_events(source, &mut batch)?;
+            self.engine
+                .idle(events, self.options.idle_watermark_after, &mut self.out)
+                .map_err(|e| self.engine_err(e))?;
+            if events > 0
+                || updates > 0
+                || self.engine.pending_rows() > 0
+                || !self.out.rows.is_empty()
+            {
+                self.deliver(Some(started), events, &batch)?;
+            }
+            drop(batch);
+            self.acknowledge(source)?;
+            self.commit(source)?;
         }
-        if let Some(e) = failed.take() {
-            break Err(e);
+        Ok(())
+    }
+
+    /// Pushes the last record of `batch`, read from `input`, unless restored
+    /// state already reflects it; dead letters go out at once. The topic is
+    /// resolved to its id here, once per record.
+    fn push(&mut self, batch: &mut [Record<'_>], input: Input) -> Result<(), RunError> {
+        let Some(m) = batch.last() else {
+            return Ok(());
+        };
+        let Some(t) = self.engine.topic_index(m.topic()) else {
+            return Ok(());
+        };
+        if !self.ledger.read((t, m.partition()), m.offset(), input) {
+            return Ok(());
         }
-        let batch_started = Instant::now();
-        let mut n = 0u64;
-        let mut wait = Duration::from_millis(50);
-        while (n as usize) < max_poll {
-            match source.poll(wait) {
+        self.engine
+            .push_from(t, &m.source_record(), &mut self.out)
+            .map_err(|e| self.engine_err(e))?;
+        self.send_dead_letters(batch)
+    }
+
+    /// Polls dimension updates into `batch` (they keep flowing in); returns how many.
+    fn poll_dimensions<'s>(
+        &mut self,
+        dimensions: Option<&'s DimensionSource>,
+        batch: &mut Vec<Record<'s>>,
+    ) -> Result<u64, RunError> {
+        let Some(d) = dimensions else { return Ok(0) };
+        let mut n = 0;
+        while n < self.options.max_poll_records.max(1) {
+            match d.poll(Duration::ZERO) {
                 Some(Ok(m)) => {
                     batch.push(m);
-                    if let Err(e) = runner.push(&batch, true) {
-                        failed = Some(e);
-                        break;
-                    }
+                    self.push(batch, Input::Dimension)?;
                     n += 1;
-                    wait = Duration::ZERO;
                 }
                 Some(Err(error)) => {
-                    metrics.error(Domain::External, "consume");
-                    if let Some(suppressed) = consume_log.allow() {
-                        warn!(%error, suppressed, "Consume failed; librdkafka retries.");
-                    }
+                    self.read_failed(&error, "dimension_read");
                     break;
                 }
                 None => break,
             }
         }
-        if let Some(e) = failed.take() {
-            break Err(e);
-        }
-        if n > 0 {
-            last_event = Instant::now();
-            watermark_at_last_event = runner.engine.watermark();
-        } else if smart
-            && last_event.elapsed() >= options.idle_watermark_after
-            && watermark_at_last_event > i64::MIN
-        {
-            let advanced =
-                watermark_at_last_event.saturating_add(last_event.elapsed().as_millis() as i64);
-            let mut out = std::mem::take(&mut runner.out);
-            runner
-                .engine
-                .advance_watermark(advanced, &mut out)
-                .map_err(|e| runner.engine_err(e))?;
-            runner.out = out;
-        }
-        if n > 0
-            || pushed_dimensions > 0
-            || runner.engine.pending_rows() > 0
-            || !runner.out.rows.is_empty()
-        {
-            if let Err(e) = runner.flush(Some(batch_started), n, &batch) {
-                break Err(e);
+        Ok(n as u64)
+    }
+
+    /// Polls event records into `batch`, up to `maxPollRecords`; ownership
+    /// changes are applied between records. Returns how many were read.
+    fn poll_events<'s>(
+        &mut self,
+        source: &'s EventSource,
+        batch: &mut Vec<Record<'s>>,
+    ) -> Result<u64, RunError> {
+        let mut n = 0;
+        let mut wait = Duration::from_millis(50);
+        while n < self.options.max_poll_records.max(1) {
+            let polled = source.poll(wait);
+            // A revoke happens inside poll: records it returns after one
+            // belong to the new assignment and must not be dropped with it.
+            self.rebalance(source)?;
+            match polled {
+                Some(Ok(m)) => {
+                    batch.push(m);
+                    self.push(batch, Input::Stream)?;
+                    n += 1;
+                    wait = Duration::ZERO;
+                }
+                Some(Err(error)) => {
+                    self.read_failed(&error, "consume");
+                    break;
+                }
+                None => break,
             }
         }
-        drop(batch);
-        match runner.sink.poll(Duration::ZERO) {
+        Ok(n as u64)
+    }
+
+    /// Applies ownership changes (group mode): a revoked partition's state,
+    /// read position and checkpointed offset are dropped; at the first
+    /// assignment, so are those of restored partitions this instance did not get.
+    fn rebalance(&mut self, source: &EventSource) -> Result<(), RunError> {
+        for change in source.rebalanced() {
+            let revoked: Vec<(String, i32)> = match change {
+                Rebalanced::Revoked(list) => list,
+                Rebalanced::Assigned(_) if self.assigned_once => continue,
+                Rebalanced::Assigned(list) => {
+                    self.assigned_once = true;
+                    let mine: Vec<(u16, i32)> = list
+                        .iter()
+                        .filter_map(|(t, p)| self.engine.topic_index(t).map(|t| (t, *p)))
+                        .collect();
+                    let restored: Vec<(u16, i32)> = self.ledger.restored().collect();
+                    restored
+                        .into_iter()
+                        .filter(|p| !mine.contains(p))
+                        .map(|(t, p)| (self.engine.topic_name(t).to_string(), p))
+                        .collect()
+                }
+            };
+            self.drop_partitions(&revoked)?;
+        }
+        Ok(())
+    }
+
+    fn drop_partitions(&mut self, partitions: &[(String, i32)]) -> Result<(), RunError> {
+        let named: Vec<((u16, i32), &str)> = partitions
+            .iter()
+            .filter_map(|(t, p)| self.engine.topic_index(t).map(|id| ((id, *p), t.as_str())))
+            .collect();
+        if named.is_empty() {
+            return Ok(());
+        }
+        self.ledger.revoke(&named);
+        let dropped = self.engine.revoke(&named).map_err(|e| self.engine_err(e))?;
+        info!(pipeline = %self.pipeline.name, partitions = ?partitions, records = dropped, "State of partitions no longer owned dropped.");
+        Ok(())
+    }
+
+    /// Counts and logs (rate-limited) a failed read; librdkafka retries it.
+    fn read_failed(&mut self, error: &KafkaError, kind: &'static str) {
+        self.metrics.error(Domain::External, kind);
+        let log = match kind {
+            "consume" => &mut self.consume_log,
+            _ => &mut self.dimension_log,
+        };
+        if let Some(suppressed) = log.allow() {
+            warn!(%error, suppressed, kind, "Read failed; librdkafka retries.");
+        }
+    }
+
+    /// Step 4: evaluates pending rows, produces them and seals the epoch with
+    /// the offsets it makes committable and its state checkpoint. `batch`
+    /// holds the micro-batch's records (for the dead letters of rows that
+    /// failed in SQL).
+    fn deliver(
+        &mut self,
+        started: Option<Instant>,
+        events: u64,
+        batch: &[Record<'_>],
+    ) -> Result<(), RunError> {
+        let sql_before = self.engine.stats().sql_nanos;
+        self.engine
+            .flush(&mut self.out)
+            .map_err(|e| self.engine_err(e))?;
+        self.send_dead_letters(batch)?;
+        for row in &self.out.rows {
+            let d = row.driving;
+            let driving = (self.engine.topic_name(d.topic), d.partition, d.offset);
+            let value = self.out.value(row);
+            let sent = self.sink.send_output(
+                &self.pipeline.output.topic,
+                self.out.key(row),
+                value,
+                driving,
+            );
+            if let Err(e) = sent {
+                return Err(RunError::kafka(self.pipeline, e));
+            }
+        }
+        self.metrics.output_records(self.out.rows.len() as u64);
+        self.out.clear_rows();
+        let engine = &self.engine;
+        let commit = self.ledger.commit_offsets(
+            |t| engine.topic_name(t),
+            |(t, p)| engine.oldest_pinned(t, p),
+        );
+        let offsets = self.ledger.checkpoint_offsets(|t| engine.topic_name(t));
+        let checkpoint = self
+            .engine
+            .is_durable()
+            .then(|| self.engine.checkpoint(offsets));
+        let epoch = self.sink.seal();
+        self.ledger.seal(epoch, commit, checkpoint);
+        self.metrics
+            .record_batch(&self.engine, started, events, sql_before);
+        Ok(())
+    }
+
+    /// Produces every pending dead letter, each with its record's original
+    /// key, value and headers when `batch` still holds the record.
+    fn send_dead_letters(&mut self, batch: &[Record<'_>]) -> Result<(), RunError> {
+        for mut dead in std::mem::take(&mut self.out.dead_letters) {
+            let original = batch.iter().rev().find(|m| {
+                m.offset() == dead.offset
+                    && m.partition() == dead.partition
+                    && m.topic() == dead.topic
+            });
+            let headers: Vec<(String, Vec<u8>)> = match original {
+                Some(m) => {
+                    if dead.decoded_copy {
+                        dead.key = m.key().map(<[u8]>::to_vec);
+                        dead.value = m.value().map(<[u8]>::to_vec);
+                        dead.decoded_copy = false;
+                    }
+                    m.headers()
+                }
+                None => Vec::new(),
+            };
+            let p = self.pipeline;
+            self.sink
+                .send_dead_letter(&p.output.dlq_topic, &p.name, &dead, &headers)
+                .map_err(|e| self.kafka(e))?;
+            self.metrics.dlq_records(1);
+            self.metrics.error(Domain::Data, dead.kind);
+        }
+        Ok(())
+    }
+
+    /// Step 5: takes the producer's delivery reports; delivered epochs'
+    /// offsets become safe (a revoke commits them).
+    fn acknowledge(&mut self, source: &EventSource) -> Result<(), RunError> {
+        match self.sink.poll(Duration::ZERO) {
             Ok(Some(done)) => {
-                runner.delivered(&done);
-                // A revoke commits these (see SourceContext); the partitions'
-                // next owner rebuilds whatever a checkpoint did not cover.
-                source.mark_safe(&done.offsets);
-                uncommitted.extend(done.offsets);
+                let offsets = self.ledger.delivered(done.epoch);
+                source.mark_safe(&offsets);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.metrics.producer_error();
+                Err(self.kafka(e))
+            }
+        }
+    }
+
+    /// Step 6, every commit interval: the delivered epochs' state checkpoint
+    /// is made durable first, then their offsets are committed to Kafka (a
+    /// failed commit is counted and retried with the next one).
+    fn commit(&mut self, source: &EventSource) -> Result<(), RunError> {
+        if !self.ledger.has_uncommitted()
+            || self.last_commit.elapsed() < self.options.commit_interval
+        {
+            return Ok(());
+        }
+        self.write_checkpoint()?;
+        let offsets = self.ledger.take_uncommitted();
+        if let Err(error) = source.commit_async(&offsets) {
+            self.metrics.error(Domain::External, "commit");
+            if let Some(suppressed) = self.commit_log.allow() {
+                warn!(%error, suppressed, "Commit failed; it is retried with the next one.");
+            }
+        }
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    fn write_checkpoint(&mut self) -> Result<(), RunError> {
+        if let Some(c) = self.ledger.take_checkpoint() {
+            self.engine
+                .commit_checkpoint(&c)
+                .map_err(|e| self.engine_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Step 7, on the way out: evaluates what is pending (after a clean
+    /// stop), waits for the producer, writes the last checkpoint and commits
+    /// what was delivered. A stop requested while the producer's queue was
+    /// full is a clean stop: the record that did not fit is not committed.
+    fn drain(mut self, source: &EventSource, result: Result<(), RunError>) -> Result<(), RunError> {
+        self.metrics.set_ready(false);
+        let interrupted = matches!(&result, Err(RunError::Kafka { source, .. }) if matches!(**source, KafkaError::Interrupted));
+        let mut result = if interrupted { Ok(()) } else { result };
+        let timeout = self.options.drain_timeout;
+        let drained = match &result {
+            Ok(()) if !interrupted => self.deliver(None, 0, &[]).and_then(|()| {
+                self.sink
+                    .drain(timeout)
+                    .map_err(|e| RunError::kafka(self.pipeline, e))
+            }),
+            Ok(()) => self.sink.drain(timeout).map_err(|e| self.kafka(e)),
+            Err(_) => self
+                .sink
+                .drain(Duration::from_secs(5))
+                .map_err(|e| self.kafka(e)),
+        };
+        match drained {
+            Ok(Some(done)) => {
+                self.ledger.delivered(done.epoch);
             }
             Ok(None) => {}
             Err(e) => {
-                metrics.producer_error();
-                break Err(runner.kafka(e));
+                error!(error = %e, "Draining the producer failed; committing only what was delivered.");
             }
         }
-        // Every commit interval: state checkpoint first, then Kafka.
-        if !uncommitted.is_empty() && last_commit.elapsed() >= options.commit_interval {
-            if let Err(e) = runner.write_checkpoint() {
-                break Err(e);
+        let mut safe = source.safe_offsets();
+        match self.write_checkpoint() {
+            Ok(()) => safe.extend(self.ledger.take_uncommitted()),
+            Err(e) => {
+                error!(error = %e, "Writing the last state checkpoint failed; its offsets are not committed.");
+                result = result.and(Err(e));
             }
-            let offsets = std::mem::take(&mut uncommitted);
-            if let Err(error) = source.commit_async(&offsets) {
-                metrics.error(Domain::External, "commit");
-                if let Some(suppressed) = commit_log.allow() {
-                    warn!(%error, suppressed, "Commit failed; it is retried with the next one.");
-                }
-            }
-            last_commit = Instant::now();
         }
-    };
-
-    // Drain: evaluate what is pending, deliver everything, commit what was
-    // delivered. A stop requested while the producer's queue was full is a
-    // clean stop: the record that did not fit is not committed.
-    metrics.set_ready(false);
-    let interrupted = matches!(&result, Err(RunError::Kafka { source, .. }) if matches!(**source, KafkaError::Interrupted));
-    let result = if interrupted { Ok(()) } else { result };
-    let drained = match &result {
-        Ok(()) if interrupted => runner
-            .sink
-            .drain(options.drain_timeout)
-            .map_err(|e| runner.kafka(e)),
-        Ok(()) => runner.flush(None, 0, &[]).and_then(|()| {
-            runner
-                .sink
-                .drain(options.drain_timeout)
-                .map_err(|e| runner.kafka(e))
-        }),
-        Err(_) => runner
-            .sink
-            .drain(Duration::from_secs(5))
-            .map_err(|e| runner.kafka(e)),
-    };
-    let newest = match drained {
-        Ok(o) => o,
-        Err(e) => {
-            error!(error = %e, "Draining the producer failed; committing only what was delivered.");
-            None
+        if let Err(error) = source.commit_sync(&safe) {
+            warn!(%error, "Final commit failed; a restart re-reads from the previous commit.");
         }
-    };
-    let mut result = result;
-    if let Some(done) = &newest {
-        runner.delivered(done);
+        info!(
+            pipeline = %self.pipeline.name,
+            produced = self.sink.produced,
+            in_flight = self.sink.in_flight(),
+            "Pipeline stopped."
+        );
+        source.leave();
+        result
     }
-    let newest = match newest.map(|done| runner.write_checkpoint().map(|()| done)) {
-        Some(Ok(done)) => Some(done),
-        Some(Err(e)) => {
-            error!(error = %e, "Writing the last state checkpoint failed; its offsets are not committed.");
-            result = result.and(Err(e));
-            None
-        }
-        None => None,
-    };
-    let safe: CommitOffsets = {
-        let mut all = source.safe_offsets();
-        if let Some(done) = newest {
-            all.extend(done.offsets);
-        }
-        all
-    };
-    if let Err(error) = source.commit_sync(&safe) {
-        warn!(%error, "Final commit failed; a restart re-reads from the previous commit.");
-    }
-    info!(
-        pipeline = %pipeline.name,
-        produced = runner.sink.produced,
-        in_flight = runner.sink.in_flight(),
-        "Pipeline stopped."
-    );
-    source.leave();
-    result
-}
-
-fn unique(items: impl Iterator<Item = String>) -> Vec<String> {
-    let mut v: Vec<String> = Vec::new();
-    for i in items {
-        if !v.contains(&i) {
-            v.push(i);
-        }
-    }
-    v
 }

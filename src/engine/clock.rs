@@ -8,6 +8,16 @@
 //! - A record already expired on arrival (`timestamp + TTL < watermark`) is
 //!   *late*: it is neither stored nor joined, and is counted.
 //! - A watermark restored from a checkpoint is held to the same bound.
+//! - When no event-stream record arrives for `idle_after`, the watermark
+//!   advances with the wall clock (so smart emission's timeouts fire on an
+//!   idle input).
+//!
+//! The wall clock is read once per 1,024 records: the bound is an hour by
+//! default, so that is precise enough and keeps the read off the per-record path.
+
+use std::time::{Duration, Instant};
+
+use crate::codec::Event;
 
 /// Kafka's "no timestamp" (the protocol's -1; Kafka refuses other negative
 /// record timestamps).
@@ -21,6 +31,23 @@ pub(super) struct Clock {
     stream_time: Vec<Option<i64>>,
     /// How far past the wall clock a record's time may be.
     max_ahead_ms: i64,
+    /// The wall clock in epoch ms, as last read.
+    now_ms: i64,
+    /// Records admitted since the wall clock was read.
+    since_read: u32,
+    /// When the last event-stream batch arrived, and the watermark then.
+    last_input: (Instant, i64),
+}
+
+/// What the clock makes of a record's time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Admission {
+    /// Usable; `watermark` is the new watermark when the record moved it.
+    Admitted { watermark: Option<i64> },
+    /// Already expired on arrival: neither stored nor joined.
+    Late,
+    /// Unusable, with why (a dead letter).
+    Refused(String),
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -37,7 +64,64 @@ impl Clock {
             watermark: i64::MIN,
             stream_time: streams.iter().map(|&s| s.then_some(i64::MIN)).collect(),
             max_ahead_ms,
+            now_ms: wall_clock_ms(),
+            since_read: 0,
+            last_input: (Instant::now(), i64::MIN),
         }
+    }
+
+    /// Decides whether `event` of topic `t` (Kafka timestamp `kafka`;
+    /// `declared`: its source declares a timestamp column; records live
+    /// `ttl_ms`) can be used, and notes its time. Event streams, and
+    /// dimensions with a TTL, need event time; a record without a Kafka
+    /// timestamp needs a declared column.
+    pub(super) fn admit(
+        &mut self,
+        t: u16,
+        kafka: i64,
+        event: &Event,
+        declared: bool,
+        ttl_ms: Option<i64>,
+    ) -> Admission {
+        if self.since_read == 0 {
+            self.now_ms = wall_clock_ms();
+        }
+        self.since_read = (self.since_read + 1) % 1024;
+        let stream = self.is_stream(t);
+        if stream || ttl_ms.is_some() {
+            if !declared && kafka < 0 {
+                return Admission::Refused(
+                    "the record has no Kafka timestamp and its source declares no timestamp column (sources.<topic>.timestamp): its event time is unknown".to_string(),
+                );
+            }
+            if let Some(reason) = self.refuse(event.timestamp, self.now_ms) {
+                return Admission::Refused(reason);
+            }
+        }
+        if stream && self.is_late(event.timestamp, ttl_ms) {
+            return Admission::Late;
+        }
+        Admission::Admitted {
+            watermark: self.observe(t, event.timestamp),
+        }
+    }
+
+    /// Called once per poll of the event streams with the number of records
+    /// it brought: after `idle_after` without any, every stream's time moves
+    /// with the wall clock from the watermark of the last input. Returns the
+    /// watermark when it advanced.
+    pub(super) fn idle(&mut self, records: u64, idle_after: Duration) -> Option<i64> {
+        let now = Instant::now();
+        if records > 0 {
+            self.last_input = (now, self.watermark);
+            return None;
+        }
+        let (at, watermark) = self.last_input;
+        let idle = now.saturating_duration_since(at);
+        if idle < idle_after || watermark == i64::MIN {
+            return None;
+        }
+        self.advance_all(watermark.saturating_add(idle.as_millis() as i64))
     }
 
     /// The watermark (i64::MIN before any event-stream record).
@@ -204,6 +288,72 @@ mod tests {
         let why = c.refuse(now + HOUR + 1, now).unwrap();
         assert!(why.contains("ahead of the wall clock"), "{why}");
         assert!(c.refuse(4_102_444_800_000, now).is_some(), "year 2100");
+    }
+
+    fn event(ts: i64) -> Event {
+        Event {
+            topic: 0,
+            partition: 0,
+            offset: 0,
+            timestamp: ts,
+            key: None,
+            values: Box::new([]),
+        }
+    }
+
+    #[test]
+    fn admission_refuses_unknown_and_far_future_times_and_drops_late_records() {
+        let mut c = Clock::new(&[true, false], HOUR);
+        let now = wall_clock_ms();
+        let ok = c.admit(0, now, &event(now), false, Some(60_000));
+        assert_eq!(
+            ok,
+            Admission::Admitted {
+                watermark: Some(now)
+            }
+        );
+        assert!(matches!(
+            c.admit(0, NO_TIMESTAMP, &event(now), false, Some(60_000)),
+            Admission::Refused(why) if why.contains("no Kafka timestamp")
+        ));
+        assert_eq!(
+            c.admit(0, NO_TIMESTAMP, &event(now), true, Some(60_000)),
+            Admission::Admitted { watermark: None },
+            "a declared timestamp column stands in for the Kafka timestamp"
+        );
+        assert!(matches!(
+            c.admit(0, now, &event(now + 2 * HOUR), false, None),
+            Admission::Refused(why) if why.contains("ahead of the wall clock")
+        ));
+        assert_eq!(
+            c.admit(0, now, &event(now - 61_000), false, Some(60_000)),
+            Admission::Late
+        );
+        assert_eq!(
+            c.admit(1, NO_TIMESTAMP, &event(0), false, None),
+            Admission::Admitted { watermark: None },
+            "a dimension without a TTL needs no time"
+        );
+    }
+
+    #[test]
+    fn an_idle_input_advances_the_watermark_with_the_wall_clock() {
+        let mut c = Clock::new(&[true], HOUR);
+        assert_eq!(
+            c.idle(0, Duration::ZERO),
+            None,
+            "nothing seen yet: no time to start from"
+        );
+        c.observe(0, 5_000);
+        assert_eq!(c.idle(3, Duration::ZERO), None, "records arrived");
+        std::thread::sleep(Duration::from_millis(5));
+        let wm = c.idle(0, Duration::ZERO);
+        assert!(wm.is_some_and(|w| w >= 5_005), "{wm:?}");
+        assert_eq!(
+            c.idle(0, Duration::from_secs(3600)),
+            None,
+            "not idle long enough"
+        );
     }
 
     #[test]

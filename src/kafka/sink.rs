@@ -1,7 +1,8 @@
 //! The output side: an idempotent producer whose deliveries are counted per
-//! *epoch* (the records produced from one engine flush). An epoch carries the
-//! source offsets that become safe to commit once every record of it, and of
-//! every earlier epoch, is acknowledged by the broker.
+//! *epoch* (the records produced from one engine flush). An epoch is
+//! delivered once every record of it, and of every earlier epoch, is
+//! acknowledged by the broker; what that makes committable is the
+//! [`crate::offsets::Ledger`]'s business.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,16 +16,13 @@ use rdkafka::ClientContext;
 
 use super::{client_config, KafkaError};
 
-/// Source offsets to commit: (topic, partition) -> next offset to read.
-pub type CommitOffsets = BTreeMap<(String, i32), i64>;
+pub use crate::offsets::CommitOffsets;
 
 /// The newest epoch whose records, and every earlier epoch's, are delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivered {
     /// Its id, as [`Sink::seal`] returned it.
     pub epoch: usize,
-    /// Offsets committable now.
-    pub offsets: CommitOffsets,
 }
 
 /// Delivery reports, filled by librdkafka's callback during `poll`.
@@ -67,7 +65,6 @@ struct Epoch {
     id: usize,
     sent: u64,
     acked: u64,
-    offsets: CommitOffsets,
 }
 
 /// The producer plus epoch bookkeeping.
@@ -193,15 +190,13 @@ impl Sink {
         )
     }
 
-    /// Closes the open epoch: `offsets` become committable once it is
-    /// delivered. Returns the epoch's id (see [`Delivered`]).
-    pub fn seal(&mut self, offsets: CommitOffsets) -> usize {
+    /// Closes the open epoch; returns its id (see [`Delivered`]).
+    pub fn seal(&mut self) -> usize {
         let id = self.open_id;
         self.sealed.push_back(Epoch {
             id,
             sent: self.open_sent,
             acked: 0,
-            offsets,
         });
         self.open_id = self.open_id.wrapping_add(1).max(1);
         self.open_sent = 0;
@@ -229,8 +224,8 @@ impl Sink {
         }
     }
 
-    /// Serves delivery callbacks; returns the offsets of the newest epoch that
-    /// is delivered along with every earlier one (None if none completed).
+    /// Serves delivery callbacks; returns the newest epoch that is delivered
+    /// along with every earlier one (None if none completed).
     pub fn poll(&mut self, timeout: Duration) -> Result<Option<Delivered>, KafkaError> {
         self.producer.poll(timeout);
         self.check_failure()?;
@@ -244,10 +239,7 @@ impl Sink {
         }
         let mut done = None;
         while self.sealed.front().is_some_and(|e| e.acked >= e.sent) {
-            done = self.sealed.pop_front().map(|e| Delivered {
-                epoch: e.id,
-                offsets: e.offsets,
-            });
+            done = self.sealed.pop_front().map(|e| Delivered { epoch: e.id });
         }
         Ok(done)
     }
@@ -262,7 +254,7 @@ impl Sink {
     }
 
     /// Waits until every sealed epoch is delivered (or `timeout` passes);
-    /// returns the newest committable offsets seen.
+    /// returns the newest delivered epoch seen.
     pub fn drain(&mut self, timeout: Duration) -> Result<Option<Delivered>, KafkaError> {
         let deadline = Instant::now() + timeout;
         let mut newest = None;

@@ -34,14 +34,45 @@ pub type SafeOffsets = Arc<Mutex<CommitOffsets>>;
 /// Consumer lag per (topic, partition), from librdkafka's statistics.
 pub type Lag = Arc<Mutex<BTreeMap<(String, i32), i64>>>;
 
-/// Logs rebalances, commits the safe offsets of revoked partitions, and
-/// keeps the consumer lag that librdkafka's statistics report.
+/// A change of the partitions this instance owns, in the order librdkafka
+/// made them (group mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rebalanced {
+    /// These partitions were given up (their safe offsets were committed).
+    Revoked(Vec<(String, i32)>),
+    /// These partitions were added.
+    Assigned(Vec<(String, i32)>),
+}
+
+/// Logs rebalances, commits the safe offsets of revoked partitions, notes
+/// every change for the run loop, and keeps the consumer lag that
+/// librdkafka's statistics report.
 pub struct SourceContext {
     safe: SafeOffsets,
     pipeline: String,
     lag: Lag,
     /// Set at the first assignment (the group joined; static: at once).
     assigned: AtomicBool,
+    /// Changes not yet taken by the run loop; `changed` says there are some
+    /// (one relaxed load per poll instead of a lock).
+    changes: Mutex<Vec<Rebalanced>>,
+    changed: AtomicBool,
+}
+
+impl SourceContext {
+    fn note(&self, change: Rebalanced) {
+        if let Ok(mut changes) = self.changes.lock() {
+            changes.push(change);
+            self.changed.store(true, Ordering::Release);
+        }
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<(String, i32)> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
 }
 
 impl ClientContext for SourceContext {
@@ -78,14 +109,19 @@ impl ClientContext for SourceContext {
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let Ok(safe) = self.safe.lock() else { return };
+            let Ok(mut safe) = self.safe.lock() else {
+                return;
+            };
             let mut commit = TopicPartitionList::new();
             for e in list.elements() {
-                if let Some(&o) = safe.get(&(e.topic().to_string(), e.partition())) {
+                // Taken out: a later owner's offsets are not ours to commit.
+                if let Some(o) = safe.remove(&(e.topic().to_string(), e.partition())) {
                     let _ =
                         commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
                 }
             }
+            drop(safe);
+            self.note(Rebalanced::Revoked(partitions_of(list)));
             if commit.count() > 0 {
                 if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
                     warn!(pipeline = %self.pipeline, %error, "Commit of revoked partitions failed; the next owner re-reads from the previous commit.");
@@ -100,6 +136,7 @@ impl ConsumerContext for SourceContext {
             // Zero partitions is an assignment too: a member of a group with
             // more members than partitions is ready with nothing to read.
             self.assigned.store(true, Ordering::Relaxed);
+            self.note(Rebalanced::Assigned(partitions_of(list)));
             info!(pipeline = %self.pipeline, partitions = list.count(), "Partitions assigned.");
         }
     }
@@ -283,6 +320,8 @@ impl EventSource {
                 pipeline: pipeline.to_string(),
                 lag,
                 assigned: AtomicBool::new(false),
+                changes: Mutex::new(Vec::new()),
+                changed: AtomicBool::new(false),
             })
             .map_err(|e| KafkaError::client("cannot create the consumer", e))?;
         let counts = partition_counts(&consumer, topics, brokers)?;
@@ -362,6 +401,20 @@ impl EventSource {
     /// Leaves the consumer group (static ownership: gives up the assignment).
     pub fn leave(&self) {
         self.consumer.unsubscribe();
+    }
+
+    /// The ownership changes since the last call, oldest first (group mode;
+    /// empty at once when there were none).
+    pub fn rebalanced(&self) -> Vec<Rebalanced> {
+        let context = self.consumer.context();
+        if !context.changed.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
+        context
+            .changes
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
     }
 
     /// Whether partitions were assigned (the group joined, or static ownership).

@@ -160,6 +160,34 @@ impl StreamTable {
         evicted
     }
 
+    /// Drops every record whose origin `gone` says (in memory, and the
+    /// expiry entries of those on disk only); returns how many left memory.
+    pub fn drop_where(&mut self, gone: impl Fn(Origin) -> bool) -> u64 {
+        let mut dropped = 0;
+        let keep_empty = self.spill.spilled;
+        let origin = |e: &Event| (e.topic, e.partition, e.offset);
+        for shard in &mut self.shards {
+            let stats = &mut shard.stats;
+            shard.buckets.retain(|b| {
+                b.events.retain(|e| {
+                    let drop = gone(origin(e));
+                    if drop {
+                        stats.remove(e);
+                        dropped += 1;
+                    }
+                    !drop
+                });
+                keep_empty || !b.events.is_empty()
+            });
+        }
+        let expiry = std::mem::take(&mut self.expiry);
+        self.expiry = expiry
+            .into_iter()
+            .filter(|Reverse((_, _, o))| !gone(*o))
+            .collect();
+        dropped
+    }
+
     /// Counters of every shard.
     pub fn shard_stats(&self) -> impl Iterator<Item = &ShardStats> {
         self.shards.iter().map(|s| &s.stats)
@@ -212,6 +240,31 @@ mod tests {
             "state holds a reference, not a copy"
         );
         assert_eq!(t.stats().entries, 2);
+    }
+
+    #[test]
+    fn records_of_a_dropped_partition_leave_memory_and_expiry() {
+        let mut t = StreamTable::new(Some(100));
+        let (h, k) = key("a");
+        let other = Event {
+            topic: 0,
+            partition: 1,
+            offset: 20,
+            timestamp: 20,
+            key: None,
+            values: vec![Value::Str("a".into())].into_boxed_slice(),
+        };
+        t.insert(h, &k, event(10, "a"));
+        t.insert(h, &k, Arc::new(other));
+        assert_eq!(t.drop_where(|(_, p, _)| p == 0), 1);
+        let left: Vec<_> = t.lookup(h, &k, 0).map(|e| e.partition).collect();
+        assert_eq!(left, vec![1]);
+        assert_eq!(t.stats().entries, 1);
+        assert_eq!(
+            t.expire(1_000, |_| {}),
+            1,
+            "one expiry left: the dropped record's went with it"
+        );
     }
 
     #[test]

@@ -63,6 +63,18 @@ pub fn stream_key(hash: u64, key: &[u8], origin: Origin, out: &mut Vec<u8>) {
     origin_bytes(origin, out);
 }
 
+/// The origin of an event-stream record key (its last 14 bytes), None for
+/// a key too short to be one.
+pub fn stream_origin(key: &[u8]) -> Option<Origin> {
+    let at = key.len().checked_sub(14)?;
+    let suffix = key.get(at..)?;
+    let topic = u16::from_be_bytes(suffix.get(0..2)?.try_into().ok()?);
+    let partition = unflip32(suffix.get(2..6)?.try_into().ok()?);
+    let offset =
+        (u64::from_be_bytes(suffix.get(6..14)?.try_into().ok()?) ^ 0x8000_0000_0000_0000) as i64;
+    Some((topic, partition, offset))
+}
+
 /// Appends the key of a dimension record.
 pub fn dimension_key(hash: u64, key: &[u8], primary: &[u8], out: &mut Vec<u8>) {
     record_prefix(hash, key, out);
@@ -272,6 +284,14 @@ pub fn decode_clock(bytes: &[u8]) -> Result<(i64, Vec<Option<i64>>), LayoutError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_record_key_gives_back_its_origin() {
+        let mut k = Vec::new();
+        stream_key(7, b"join-key", (2, -1, 1 << 40), &mut k);
+        assert_eq!(stream_origin(&k), Some((2, -1, 1 << 40)));
+        assert_eq!(stream_origin(b"short"), None);
+    }
 
     fn event() -> Event {
         Event {

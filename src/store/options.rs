@@ -43,6 +43,13 @@ fn in_domain(key: &[u8]) -> bool {
     matches!(key, [RECORD, _, _, _, _, _, ..])
 }
 
+/// Whether `prefix` is one whole join-key prefix, which a prefix read can
+/// serve; any other scan of a record family needs a total-order seek (the
+/// hash skip-list memtable iterates one join key's bucket otherwise).
+pub(super) fn is_join_key_prefix(prefix: &[u8]) -> bool {
+    in_domain(prefix) && record_prefix(prefix).len() == prefix.len()
+}
+
 impl Tuning {
     pub(super) fn from_config(config: &StateConfig) -> Self {
         let memory = config.memory.map(|b| b.0);

@@ -163,6 +163,13 @@ impl PipelineStore {
         });
     }
 
+    /// Stages the deletion of a partition's checkpointed offset (its state
+    /// was dropped: a restart must not skip its records).
+    pub fn forget_offset(&mut self, topic: &str, partition: i32) {
+        let key = layout::offset_key(topic, partition);
+        self.delete(Target::Meta, |b| b.extend_from_slice(&key));
+    }
+
     /// Changes staged and not yet written.
     pub fn staged(&self) -> usize {
         self.staged.ops.len()
@@ -272,8 +279,9 @@ impl PipelineStore {
     ) -> Result<(), StoreError> {
         let cf = self.handle(target)?;
         let mut opts = ReadOptions::default();
-        opts.set_total_order_seek(prefix.is_empty() || target == Target::Meta);
-        opts.set_prefix_same_as_start(!prefix.is_empty() && target != Target::Meta);
+        let by_join_key = target != Target::Meta && super::options::is_join_key_prefix(prefix);
+        opts.set_total_order_seek(!by_join_key);
+        opts.set_prefix_same_as_start(by_join_key);
         let mode = IteratorMode::From(prefix, Direction::Forward);
         for item in self.db.db.iterator_cf_opt(&cf, opts, mode) {
             let (k, v) = item.map_err(rocks("read state"))?;

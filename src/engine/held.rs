@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use super::join::Probe;
 use crate::codec::Event;
-use crate::join::Probe;
 
 /// Identifies a held event.
 pub type HeldId = u64;
@@ -61,19 +61,19 @@ impl Held {
         self.entries.len()
     }
 
-    /// True when nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The held event `id`, if still held.
     pub fn get(&self, id: HeldId) -> Option<&HeldEvent> {
         self.entries.get(&id)
     }
 
-    /// Every held event (for offset tracking).
-    pub fn iter(&self) -> impl Iterator<Item = &HeldEvent> {
-        self.entries.values()
+    /// Pushes to `out` the id of every held event `pick` says.
+    pub fn select(&self, pick: impl Fn(&Event) -> bool, out: &mut Vec<HeldId>) {
+        out.extend(
+            self.entries
+                .iter()
+                .filter(|(_, h)| pick(&h.event))
+                .map(|(&id, _)| id),
+        );
     }
 
     /// Records that `id` looked up each of `probes`, so arrivals there re-evaluate it.
