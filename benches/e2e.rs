@@ -45,10 +45,12 @@ fn main() {
             .map(|v| v.split(',').map(str::to_string).collect())
             .unwrap_or_default(),
     };
-    let report = harness::run(
-        &settings,
-        std::path::Path::new(env!("CARGO_BIN_EXE_kaflowsql")),
+    // E2E_KAFLOWSQL: another build of the binary (a before/after comparison).
+    let binary = std::env::var_os("E2E_KAFLOWSQL").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_kaflowsql")),
+        PathBuf::from,
     );
+    let report = harness::run(&settings, &binary);
     let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
         .join("bench");
     std::fs::create_dir_all(&dir).unwrap();

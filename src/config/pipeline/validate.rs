@@ -1,0 +1,376 @@
+//! Validation of a pipeline file: every problem found at once, each with
+//! its file, line and column (of the key or value, or inside the SQL) and
+//! what to do. The checks run in the order of the file's sections: name,
+//! query, output, TTLs, emission, source declarations, then the SQL bound in
+//! DuckDB with the declared types.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{
+    default_max_ahead_ms, default_ttl_ms, Emission, EmissionKind, Output, OutputFormat, Pipeline,
+    RawPipeline, SourceSpec,
+};
+use crate::codec::ColumnType;
+use crate::config::{ConfigError, Diagnostic, Diagnostics, Locations, Position};
+use crate::sql::{plan_query, QueryPlan, Role, SqlError};
+
+pub(super) struct Validator<'a> {
+    pub(super) file: &'a Path,
+    pub(super) text: &'a str,
+    pub(super) locations: &'a Locations,
+    pub(super) problems: Diagnostics,
+}
+
+fn is_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+impl Validator<'_> {
+    fn at_key(&mut self, path: &str, message: String, help: impl Into<String>) {
+        let pos = self.locations.key(path);
+        self.problems
+            .push(Diagnostic::new(self.file, pos, message).with_help(help));
+    }
+
+    fn at_value(&mut self, path: &str, message: String, help: impl Into<String>) {
+        let pos = self.locations.value(path);
+        self.problems
+            .push(Diagnostic::new(self.file, pos, message).with_help(help));
+    }
+
+    /// Maps a position inside the SQL text to the file.
+    fn sql_position(&self, line: usize, column: usize) -> Position {
+        let value = self.locations.value("query");
+        let lines: Vec<&str> = self.text.lines().collect();
+        let at_value = lines
+            .get(value.line.saturating_sub(1))
+            .map(|l| {
+                l.chars()
+                    .skip(value.column.saturating_sub(1))
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        if at_value.starts_with('|') || at_value.starts_with('>') {
+            // Block scalar: content starts on the next non-blank line.
+            let first = (value.line..lines.len())
+                .find(|&i| !lines[i].trim().is_empty())
+                .unwrap_or(value.line);
+            let indent = lines
+                .get(first)
+                .map(|l| l.len() - l.trim_start().len())
+                .unwrap_or(0);
+            Position {
+                line: first + line,
+                column: indent + column,
+            }
+        } else {
+            let quote = usize::from(at_value.starts_with('"') || at_value.starts_with('\''));
+            if line <= 1 {
+                Position {
+                    line: value.line,
+                    column: value.column + quote + column - 1,
+                }
+            } else {
+                Position {
+                    line: value.line + line - 1,
+                    column,
+                }
+            }
+        }
+    }
+
+    fn sql_problem(&mut self, e: SqlError) {
+        let pos = self.sql_position(e.position.line, e.position.column);
+        let mut d = Diagnostic::new(self.file, pos, format!("query: {}", e.message));
+        if let Some(h) = e.help {
+            d = d.with_help(h);
+        }
+        self.problems.push(d);
+    }
+
+    /// Validates `raw`: the pipeline, or every problem found.
+    pub(super) fn validate(mut self, raw: RawPipeline) -> Result<Pipeline, ConfigError> {
+        if !is_topic_name(&raw.name) {
+            self.at_value(
+                "name",
+                format!("name `{}` is not a valid pipeline name", raw.name),
+                "use letters, digits, `.`, `_` and `-` (it names the consumer group and the DLQ topic)",
+            );
+        }
+        let plan = match plan_query(&raw.query, &raw.state.dimensions) {
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                self.sql_problem(e);
+                None
+            }
+        };
+        let shape = Shape::of(plan.as_ref());
+        let output = self.output(&raw, &shape);
+        let ttl_ms = self.ttls(&raw, &shape);
+        let emission = self.emission(&raw, &shape, &ttl_ms);
+        let sources = self.source_specs(&raw, &shape);
+        // The SQL binds in DuckDB with the declared types: what validates
+        // cannot fail on its SQL at run time.
+        if let (Some(p), true) = (&plan, self.problems.is_empty()) {
+            let declared = sources
+                .iter()
+                .map(|(topic, spec): (&String, &SourceSpec)| (topic.clone(), spec.columns.clone()))
+                .collect();
+            if let Err(e) = crate::sql::bind(p, &declared) {
+                self.sql_problem(e);
+            }
+        }
+        let (Some(plan), true) = (plan, self.problems.is_empty()) else {
+            self.problems.sort();
+            return Err(ConfigError::Invalid(self.problems));
+        };
+        Ok(Pipeline {
+            file: self.file.to_path_buf(),
+            consumer_group: raw.consumer_group.unwrap_or_else(|| raw.name.clone()),
+            name: raw.name,
+            query: raw.query,
+            plan,
+            output,
+            emission,
+            ttl_ms,
+            sources,
+            max_ahead_ms: raw
+                .state
+                .events
+                .max_ahead
+                .map(|d| d.as_millis_i64())
+                .unwrap_or(default_max_ahead_ms()),
+        })
+    }
+
+    /// `output`: topic name, format, the key column, the DLQ topic.
+    fn output(&mut self, raw: &RawPipeline, shape: &Shape<'_>) -> Output {
+        if !is_topic_name(&raw.output.topic) {
+            self.at_value(
+                "output.topic",
+                format!(
+                    "output.topic `{}` is not a valid Kafka topic name",
+                    raw.output.topic
+                ),
+                "use letters, digits, `.`, `_` and `-`",
+            );
+        }
+        if raw.output.format == OutputFormat::Avro {
+            self.at_value(
+                "output.format",
+                "output.format `avro` is not supported yet".to_string(),
+                "use `json` (Avro output with a schema registry is planned)",
+            );
+        }
+        let key = raw.output.key.as_ref().and_then(|k| {
+            let i = shape.output(k);
+            if i.is_none() && shape.plan.is_some() {
+                self.at_value(
+                    "output.key",
+                    format!("output.key `{k}` is not a column of the SELECT"),
+                    format!(
+                        "name one of the output columns: {}",
+                        shape.outputs.join(", ")
+                    ),
+                );
+            }
+            i
+        });
+        Output {
+            topic: raw.output.topic.clone(),
+            format: raw.output.format,
+            key,
+            dlq_topic: raw
+                .output
+                .dlq_topic
+                .clone()
+                .unwrap_or_else(|| format!("{}.dlq", raw.name)),
+        }
+    }
+
+    /// `state`: the TTL of every topic the query reads (None: a dimension,
+    /// never expires); overrides and dimensions must name those topics.
+    fn ttls(&mut self, raw: &RawPipeline, shape: &Shape<'_>) -> BTreeMap<String, Option<i64>> {
+        let default_ttl = default_ttl_of(raw);
+        for topic in raw.state.events.overrides.keys() {
+            if !shape.reads(topic) {
+                self.at_key(
+                    &format!("state.events.overrides.{topic}"),
+                    format!(
+                        "state.events.overrides names `{topic}`, which the query does not read"
+                    ),
+                    format!(
+                        "name one of the query's topics: {}",
+                        shape.topics.join(", ")
+                    ),
+                );
+            }
+        }
+        for (i, d) in raw.state.dimensions.iter().enumerate() {
+            if !shape.reads(d) {
+                self.at_value(
+                    &format!("state.dimensions[{i}]"),
+                    format!("state.dimensions lists `{d}`, which the query does not read"),
+                    format!(
+                        "name one of the query's topics: {}",
+                        shape.topics.join(", ")
+                    ),
+                );
+            }
+        }
+        let mut ttl_ms = BTreeMap::new();
+        for s in shape.plan.iter().flat_map(|p| &p.sources) {
+            let ttl = match raw.state.events.overrides.get(&s.topic) {
+                Some(d) => Some(d.as_millis_i64()),
+                None if s.role == Role::Dimension => None,
+                None => Some(default_ttl),
+            };
+            ttl_ms.insert(s.topic.clone(), ttl);
+        }
+        ttl_ms
+    }
+
+    /// `emission`: immediate, or smart with `require`d output columns and a
+    /// timeout (default: the driving stream's TTL).
+    fn emission(
+        &mut self,
+        raw: &RawPipeline,
+        shape: &Shape<'_>,
+        ttl_ms: &BTreeMap<String, Option<i64>>,
+    ) -> Emission {
+        let e = &raw.emission;
+        if e.kind == EmissionKind::Immediate {
+            if !e.require.is_empty() {
+                self.at_key(
+                    "emission.require",
+                    "emission.require is set, but emission.type is `immediate`".to_string(),
+                    "set `type: smart` to hold rows until these columns are present, or remove `require`",
+                );
+            }
+            if e.timeout.is_some() || e.on_timeout.is_some() {
+                self.at_key(
+                    "emission.timeout",
+                    "emission.timeout and on_timeout apply only to `type: smart`".to_string(),
+                    "set `type: smart`, or remove them",
+                );
+            }
+            return Emission::Immediate;
+        }
+        if e.require.is_empty() {
+            self.at_key(
+                "emission.type",
+                "emission.type is `smart` but emission.require is empty".to_string(),
+                "list the output columns that must be non-NULL, for example `require: [plan]`, or use `type: immediate`",
+            );
+        }
+        let mut require = Vec::new();
+        for (i, r) in e.require.iter().enumerate() {
+            match shape.output(r) {
+                Some(idx) => require.push(idx),
+                None if shape.plan.is_some() => self.at_value(
+                    &format!("emission.require[{i}]"),
+                    format!("emission.require names `{r}`, which is not a column of the SELECT"),
+                    format!("name output columns: {}", shape.outputs.join(", ")),
+                ),
+                None => {}
+            }
+        }
+        let driving_ttl = shape
+            .plan
+            .and_then(|p| ttl_ms.get(&p.sources[0].topic).copied().flatten())
+            .unwrap_or_else(|| default_ttl_of(raw));
+        Emission::Smart {
+            require,
+            timeout_ms: e.timeout.map(|d| d.as_millis_i64()).unwrap_or(driving_ttl),
+            on_timeout: e.on_timeout.unwrap_or_default(),
+        }
+    }
+
+    /// `sources`: declared timestamp columns and column types, by topic.
+    fn source_specs(
+        &mut self,
+        raw: &RawPipeline,
+        shape: &Shape<'_>,
+    ) -> BTreeMap<String, SourceSpec> {
+        let mut sources = BTreeMap::new();
+        for (topic, spec) in &raw.sources {
+            if !shape.reads(topic) {
+                self.at_key(
+                    &format!("sources.{topic}"),
+                    format!("sources declares `{topic}`, which the query does not read"),
+                    format!(
+                        "name one of the query's topics: {}",
+                        shape.topics.join(", ")
+                    ),
+                );
+            }
+            let mut columns = Vec::new();
+            for (name, ty) in &spec.columns {
+                match ty.parse::<ColumnType>() {
+                    Ok(t) => columns.push((name.clone(), t)),
+                    Err(e) => self.at_value(
+                        &format!("sources.{topic}.columns.{name}"),
+                        format!("sources.{topic}.columns.{name}: {e}"),
+                        "types are BOOLEAN, BIGINT, DOUBLE, VARCHAR or JSON",
+                    ),
+                }
+            }
+            sources.insert(
+                topic.clone(),
+                SourceSpec {
+                    timestamp: spec.timestamp.clone(),
+                    columns,
+                },
+            );
+        }
+        sources
+    }
+}
+
+/// The TTL of event streams: `state.events.default_ttl`, else `window`, else an hour.
+fn default_ttl_of(raw: &RawPipeline) -> i64 {
+    raw.state
+        .events
+        .default_ttl
+        .or(raw.window)
+        .map(|d| d.as_millis_i64())
+        .unwrap_or(default_ttl_ms())
+}
+
+/// What the other sections are checked against: the query's topics and
+/// output columns (when the query planned; otherwise nothing is refused
+/// for not matching it).
+struct Shape<'p> {
+    plan: Option<&'p QueryPlan>,
+    topics: Vec<String>,
+    outputs: Vec<String>,
+}
+
+impl<'p> Shape<'p> {
+    fn of(plan: Option<&'p QueryPlan>) -> Self {
+        Self {
+            plan,
+            topics: plan
+                .map(|p| p.sources.iter().map(|s| s.topic.clone()).collect())
+                .unwrap_or_default(),
+            outputs: plan
+                .map(|p| p.outputs.iter().map(|o| o.name.clone()).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether the query reads `topic` (true when it did not plan).
+    fn reads(&self, topic: &str) -> bool {
+        self.plan.is_none() || self.topics.iter().any(|t| t == topic)
+    }
+
+    /// The index of output column `name`.
+    fn output(&self, name: &str) -> Option<usize> {
+        self.outputs.iter().position(|n| n == name)
+    }
+}
