@@ -52,6 +52,9 @@ fn init_logs(json: bool) {
     }
 }
 
+/// `kaflowsql run`: exit 0 after SIGTERM, 2 for invalid files or state
+/// directory, else the exit code of the worst pipeline failure (see
+/// docs/operations.md, Failures).
 pub fn run(
     config: Option<&Path>,
     partition: Option<&str>,
@@ -59,37 +62,11 @@ pub fn run(
     files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
     init_logs(log_json);
-    let global = match GlobalConfig::load(config) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(ExitCode::from(2));
-        }
+    let (global, pipelines, state) = match load(config, files) {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
     };
-    let mut pipelines = Vec::new();
-    let mut invalid = false;
-    for f in files {
-        match Pipeline::load(f) {
-            Ok(p) => pipelines.push(p),
-            Err(e) => {
-                eprintln!("{e}");
-                invalid = true;
-            }
-        }
-    }
-    if invalid {
-        return Ok(ExitCode::from(2));
-    }
     let ownership = ownership(partition)?;
-    // State is opened before anything starts: a locked, foreign or outdated
-    // directory stops the process here with what to do.
-    let state = match StateDb::open(&global.state) {
-        Ok(db) => db,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
-        }
-    };
     let registry = Arc::new(Registry::new());
     registry.set_state(state.clone());
     let listener = TcpListener::bind(&global.http.listen).with_context(|| {
@@ -118,20 +95,74 @@ pub fn run(
         })
         .context("cannot install the SIGTERM/Ctrl-C handler")?;
     }
+    let options = run_options(&global, &state, ownership, pipelines.len());
+    let mut threads = Vec::new();
+    for p in pipelines {
+        let (global, options) = (global.clone(), options.clone());
+        let (registry, shutdown) = (registry.clone(), shutdown.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("pipeline-{}", p.name))
+            .spawn(move || supervise(&p, &global, &options, &registry, &shutdown))
+            .context("cannot start a pipeline thread")?;
+        threads.push(handle);
+    }
+    let outcomes = threads.into_iter().map(|t| {
+        t.join()
+            .unwrap_or_else(|_| Outcome::Panicked("a pipeline thread panicked".into()))
+    });
+    Ok(exit_code(outcomes))
+}
+
+/// Loads the global config, every pipeline file and the state directory,
+/// printing every problem; the exit code 2 when one is invalid.
+fn load(
+    config: Option<&Path>,
+    files: &[PathBuf],
+) -> Result<(GlobalConfig, Vec<Pipeline>, Arc<StateDb>), ExitCode> {
+    let global = GlobalConfig::load(config).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })?;
+    let mut pipelines = Vec::new();
+    let mut invalid = false;
+    for f in files {
+        match Pipeline::load(f) {
+            Ok(p) => pipelines.push(p),
+            Err(e) => {
+                eprintln!("{e}");
+                invalid = true;
+            }
+        }
+    }
+    if invalid {
+        return Err(ExitCode::from(2));
+    }
+    // State is opened before anything starts: a locked, foreign or outdated
+    // directory stops the process here with what to do.
+    let state = StateDb::open(&global.state).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok((global, pipelines, state))
+}
+
+/// How every pipeline runs, from the global config: the memory budget is
+/// shared equally between the `pipelines`.
+fn run_options(
+    global: &GlobalConfig,
+    state: &Arc<StateDb>,
+    ownership: Ownership,
+    pipelines: usize,
+) -> RunOptions {
+    let consumer = &global.kafka.consumer;
     let mut options = RunOptions {
         ownership,
-        dimension_timeout: global
-            .kafka
-            .consumer
+        dimension_timeout: consumer
             .dimension_load_timeout
             .map_or(kaflowsql::config::default_dimension_load_timeout(), |d| d.0),
-        memory_budget: state
-            .memory_budget()
-            .map(|b| b / pipelines.len().max(1) as u64),
+        memory_budget: state.memory_budget().map(|b| b / pipelines.max(1) as u64),
         state: Some(state.clone()),
-        max_poll_records: global
-            .kafka
-            .consumer
+        max_poll_records: consumer
             .max_poll_records
             .map_or(4096, |n| (n as usize).max(1)),
         ..RunOptions::default()
@@ -143,52 +174,54 @@ pub fn run(
     {
         options.idle_watermark_after = std::time::Duration::from_millis(ms);
     }
-    let mut threads = Vec::new();
-    for p in pipelines {
-        let metrics = registry.pipeline(&p.name);
-        let (global, options, shutdown) = (global.clone(), options.clone(), shutdown.clone());
-        let registry = registry.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("pipeline-{}", p.name))
-            .spawn(move || {
-                // A pipeline that fails or panics stops the process (health
-                // turns 503, the others drain), so the orchestrator restarts it.
-                let run = || run_pipeline(&p, &global, &options, metrics.clone(), shutdown.clone());
-                let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-                    Ok(Ok(())) => Outcome::Stopped,
-                    Ok(Err(e)) => {
-                        error!(pipeline = %p.name, error = %e, domain = %e.domain(), kind = e.kind(), "Pipeline failed; stopping the process.");
-                        metrics.error(e.domain(), e.kind());
-                        registry.set_failed(e.to_string());
-                        Outcome::Failed(e.to_string(), e.domain())
-                    }
-                    Err(panic) => {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "a panic".to_string());
-                        let why = format!("pipeline `{}` panicked (this is a bug): {what}", p.name);
-                        error!(pipeline = %p.name, panic = %what, "Pipeline panicked (this is a bug); stopping the process.");
-                        metrics.error(Domain::Internal, "bug");
-                        registry.set_failed(why.clone());
-                        Outcome::Panicked(why)
-                    }
-                };
-                if !matches!(outcome, Outcome::Stopped) {
-                    shutdown.store(true, Ordering::Relaxed);
-                }
-                outcome
-            })
-            .context("cannot start a pipeline thread")?;
-        threads.push(handle);
+    options
+}
+
+/// Runs one pipeline on its thread. A pipeline that fails or panics stops
+/// the process (health turns 503, the others drain), so the orchestrator
+/// restarts it.
+fn supervise(
+    p: &Pipeline,
+    global: &GlobalConfig,
+    options: &RunOptions,
+    registry: &Registry,
+    shutdown: &Arc<AtomicBool>,
+) -> Outcome {
+    let metrics = registry.pipeline(&p.name);
+    let run = || run_pipeline(p, global, options, metrics.clone(), shutdown.clone());
+    let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(Ok(())) => Outcome::Stopped,
+        Ok(Err(e)) => {
+            error!(pipeline = %p.name, error = %e, domain = %e.domain(), kind = e.kind(), "Pipeline failed; stopping the process.");
+            metrics.error(e.domain(), e.kind());
+            registry.set_failed(e.to_string());
+            Outcome::Failed(e.to_string(), e.domain())
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string());
+            let why = format!("pipeline `{}` panicked (this is a bug): {what}", p.name);
+            error!(pipeline = %p.name, panic = %what, "Pipeline panicked (this is a bug); stopping the process.");
+            metrics.error(Domain::Internal, "bug");
+            registry.set_failed(why.clone());
+            Outcome::Panicked(why)
+        }
+    };
+    if !matches!(outcome, Outcome::Stopped) {
+        shutdown.store(true, Ordering::Relaxed);
     }
+    outcome
+}
+
+/// The process's exit code: that of the worst outcome (a bug over a
+/// configuration error over an external failure over a clean stop).
+fn exit_code(outcomes: impl Iterator<Item = Outcome>) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     let mut worst = 0;
-    for t in threads {
-        let outcome = t
-            .join()
-            .unwrap_or_else(|_| Outcome::Panicked("a pipeline thread panicked".into()));
+    for outcome in outcomes {
         let (rank, exit) = match &outcome {
             Outcome::Stopped => (0, ExitCode::SUCCESS),
             Outcome::Failed(e, domain) => {
@@ -210,7 +243,7 @@ pub fn run(
             code = exit;
         }
     }
-    Ok(code)
+    code
 }
 
 /// How a pipeline thread ended.
