@@ -237,32 +237,7 @@ fn explain(file: &Path) -> anyhow::Result<ExitCode> {
             s.columns.join(", ")
         );
     }
-    println!("joins:");
-    for j in &plan.joins {
-        let s = &plan.sources[j.source];
-        let keys: Vec<String> = j
-            .keys
-            .iter()
-            .map(|(probe, col)| {
-                let ps = &plan.sources[probe.source];
-                format!(
-                    "{}.{} = {}.{}",
-                    ps.alias, ps.columns[probe.column], s.alias, s.columns[*col]
-                )
-            })
-            .collect();
-        let role = if s.role == Role::Dimension {
-            "lookup in dimension"
-        } else {
-            "stream-stream join"
-        };
-        println!(
-            "  {} JOIN {} ON {} ({role}; shard = xxhash64(key) % 256)",
-            j.kind,
-            s.alias,
-            keys.join(" AND ")
-        );
-    }
+    explain_joins(plan);
     match &p.emission {
         Emission::Immediate => println!("emission: immediate"),
         Emission::Smart {
@@ -292,6 +267,36 @@ fn explain(file: &Path) -> anyhow::Result<ExitCode> {
     println!("DuckDB runs, per micro-batch:");
     println!("  {}", DuckSql::build(plan, "batch", &|_| true).text);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints each join of `plan`: kind, source, keys and how state is found.
+fn explain_joins(plan: &kaflowsql::sql::QueryPlan) {
+    println!("joins:");
+    for j in &plan.joins {
+        let s = &plan.sources[j.source];
+        let keys: Vec<String> = j
+            .keys
+            .iter()
+            .map(|(probe, col)| {
+                let ps = &plan.sources[probe.source];
+                format!(
+                    "{}.{} = {}.{}",
+                    ps.alias, ps.columns[probe.column], s.alias, s.columns[*col]
+                )
+            })
+            .collect();
+        let role = if s.role == Role::Dimension {
+            "lookup in dimension"
+        } else {
+            "stream-stream join"
+        };
+        println!(
+            "  {} JOIN {} ON {} ({role}; shard = xxhash64(key) % 256)",
+            j.kind,
+            s.alias,
+            keys.join(" AND ")
+        );
+    }
 }
 
 fn test(

@@ -159,7 +159,21 @@ pub(super) fn resolve(pipeline: &Pipeline) -> (Topics, Vec<SourceState>) {
             table,
         });
     }
-    let list = names
+    let list = topic_states(pipeline, &names, &columns, &keys, &sources);
+    (Topics { list }, sources)
+}
+
+/// One [`TopicState`] per topic: its decoding schema (the union of
+/// `columns` its sources read, with the `keys` they join on), its readers
+/// and its TTL.
+fn topic_states(
+    pipeline: &Pipeline,
+    names: &[String],
+    columns: &[Vec<String>],
+    keys: &[Vec<String>],
+    sources: &[SourceState],
+) -> Vec<TopicState> {
+    names
         .iter()
         .enumerate()
         .map(|(t, name)| {
@@ -184,8 +198,7 @@ pub(super) fn resolve(pipeline: &Pipeline) -> (Topics, Vec<SourceState>) {
                 ttl_ms: pipeline.ttl_of(name),
             }
         })
-        .collect();
-    (Topics { list }, sources)
+        .collect()
 }
 
 #[cfg(test)]

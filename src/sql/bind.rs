@@ -157,6 +157,29 @@ fn check(
     plan: &QueryPlan,
     declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
 ) -> Result<(), SqlError> {
+    refuse_aggregates(ev, plan)?;
+    let type_of = |r: ColumnRef| -> Option<ColumnType> {
+        let source = &plan.sources[r.source];
+        declared
+            .get(&source.topic)?
+            .iter()
+            .find(|(name, _)| *name == source.columns[r.column])
+            .map(|(_, t)| *t)
+    };
+    let input = null_batch(plan, &type_of)?;
+    let sql = DuckSql::build(plan, &ev.from_clause(), &|r| type_of(r).is_some());
+    let batches = match ev.evaluate(&sql.text, input) {
+        Ok(batches) => batches,
+        Err(e) => return duck_refusal(plan, &e),
+    };
+    if sql.has_filter {
+        check_condition(plan, &batches)?;
+    }
+    Ok(())
+}
+
+/// Refuses an aggregate of DuckDB's catalog anywhere in the SELECT list or WHERE.
+fn refuse_aggregates(ev: &mut Evaluator, plan: &QueryPlan) -> Result<(), SqlError> {
     let aggregates = AGGREGATES.get_or_init(|| aggregates(ev));
     let exprs = plan
         .outputs
@@ -174,15 +197,16 @@ fn check(
             ));
         }
     }
-    let type_of = |r: ColumnRef| -> Option<ColumnType> {
-        let source = &plan.sources[r.source];
-        declared
-            .get(&source.topic)?
-            .iter()
-            .find(|(name, _)| *name == source.columns[r.column])
-            .map(|(_, t)| *t)
-    };
-    // One row of NULLs: the statement binds and runs without any value.
+    Ok(())
+}
+
+/// One row of NULLs with the declared types (undeclared columns left out:
+/// the SQL reads them as untyped NULLs), so the statement binds and runs
+/// without any value.
+fn null_batch(
+    plan: &QueryPlan,
+    type_of: &impl Fn(ColumnRef) -> Option<ColumnType>,
+) -> Result<RecordBatch, SqlError> {
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
     for (s, source) in plan.sources.iter().enumerate() {
@@ -200,75 +224,76 @@ fn check(
     }
     fields.push(Field::new(super::ROW_COLUMN, DataType::UInt32, false));
     arrays.push(Arc::new(UInt32Array::from(vec![0u32])));
-    let input = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| {
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| {
         SqlError::new(
             SqlPosition::default(),
             format!("cannot check the query: {e}"),
         )
-    })?;
-    let sql = DuckSql::build(plan, &ev.from_clause(), &|r| type_of(r).is_some());
-    let batches = match ev.evaluate(&sql.text, input) {
-        Ok(batches) => batches,
-        Err(e) => {
-            let text = match &e {
-                crate::eval::EvalError::Duck { source, .. } => source.to_string(),
-                other => other.to_string(),
-            };
-            // An overloaded function over untyped NULLs (undeclared columns)
-            // cannot pick its overload yet: the values' types decide it at
-            // run time, so this says nothing about the query.
-            if text.contains("Could not choose a best candidate function") {
-                return Ok(());
-            }
-            let first = text.lines().next().unwrap_or_default().to_string();
-            // An aggregate DuckDB knows under another name or form: the
-            // binder says so by asking for a GROUP BY of the batch's row column.
-            if first.contains("must appear in the GROUP BY clause") {
-                return Err(SqlError::new(
-                    SqlPosition::default(),
-                    "the query aggregates rows (an aggregate function), which is not supported in a stream join",
-                )
-                .help("aggregations are not implemented yet; join and enrich here, aggregate downstream"));
-            }
-            // Point at the function DuckDB names, when it names one.
-            let named = first
-                .split("with name ")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(|n| n.trim_matches(['"', '!', '\'']).to_ascii_lowercase());
-            let at = named
-                .and_then(|n| {
-                    plan.outputs
-                        .iter()
-                        .map(|o| &o.expr)
-                        .chain(plan.filter.as_ref())
-                        .find_map(|e| find_call(e, |f| f == n).map(|(at, _)| at))
-                })
-                .unwrap_or_default();
-            return Err(SqlError::new(
-                at,
-                format!("DuckDB cannot run this query: {first}"),
-            )
-            .help("check function names, argument counts and types (declare column types under `sources.<topic>.columns`)"));
-        }
+    })
+}
+
+/// What DuckDB's refusal to run the query means for the user: Ok for an
+/// overload only the values' types can pick, else the error, at the
+/// function DuckDB names when it names one.
+fn duck_refusal(plan: &QueryPlan, e: &crate::eval::EvalError) -> Result<(), SqlError> {
+    let text = match e {
+        crate::eval::EvalError::Duck { source, .. } => source.to_string(),
+        other => other.to_string(),
     };
-    if sql.has_filter {
-        let keep = batches
-            .first()
-            .and_then(|b| b.column_by_name(KEEP_COLUMN).cloned());
-        if let Some(keep) = keep {
-            if !crate::engine::is_condition(keep.as_ref()) {
-                let at = plan.filter.as_ref().map(position).unwrap_or_default();
-                return Err(SqlError::new(
-                    at,
-                    format!(
-                        "the WHERE condition (with the ON conditions beyond the join keys) is {}, not BOOLEAN",
-                        sql_type_name(keep.data_type())
-                    ),
-                )
-                .help("write a comparison, for example `e.flag = 1` or `e.flag <> 0`"));
-            }
-        }
+    // An overloaded function over untyped NULLs (undeclared columns)
+    // cannot pick its overload yet: the values' types decide it at
+    // run time, so this says nothing about the query.
+    if text.contains("Could not choose a best candidate function") {
+        return Ok(());
     }
-    Ok(())
+    let first = text.lines().next().unwrap_or_default().to_string();
+    // An aggregate DuckDB knows under another name or form: the
+    // binder says so by asking for a GROUP BY of the batch's row column.
+    if first.contains("must appear in the GROUP BY clause") {
+        return Err(SqlError::new(
+            SqlPosition::default(),
+            "the query aggregates rows (an aggregate function), which is not supported in a stream join",
+        )
+        .help("aggregations are not implemented yet; join and enrich here, aggregate downstream"));
+    }
+    let named = first
+        .split("with name ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|n| n.trim_matches(['"', '!', '\'']).to_ascii_lowercase());
+    let at = named
+        .and_then(|n| {
+            plan.outputs
+                .iter()
+                .map(|o| &o.expr)
+                .chain(plan.filter.as_ref())
+                .find_map(|e| find_call(e, |f| f == n).map(|(at, _)| at))
+        })
+        .unwrap_or_default();
+    Err(SqlError::new(
+        at,
+        format!("DuckDB cannot run this query: {first}"),
+    )
+    .help("check function names, argument counts and types (declare column types under `sources.<topic>.columns`)"))
+}
+
+/// Refuses a WHERE (with the ON conditions beyond the join keys) that is not BOOLEAN.
+fn check_condition(plan: &QueryPlan, batches: &[RecordBatch]) -> Result<(), SqlError> {
+    let keep = batches
+        .first()
+        .and_then(|b| b.column_by_name(KEEP_COLUMN).cloned());
+    match keep {
+        Some(keep) if !crate::engine::is_condition(keep.as_ref()) => {
+            let at = plan.filter.as_ref().map(position).unwrap_or_default();
+            Err(SqlError::new(
+                at,
+                format!(
+                    "the WHERE condition (with the ON conditions beyond the join keys) is {}, not BOOLEAN",
+                    sql_type_name(keep.data_type())
+                ),
+            )
+            .help("write a comparison, for example `e.flag = 1` or `e.flag <> 0`"))
+        }
+        _ => Ok(()),
+    }
 }

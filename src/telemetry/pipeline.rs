@@ -15,6 +15,8 @@ use metrics::{Counter, Gauge, Histogram, Unit};
 pub type ConsumerLag = Arc<Mutex<BTreeMap<(String, i32), i64>>>;
 
 /// Registers the help text of every metric (on the current recorder).
+// One statement per metric: a list, longer than a function should be, kept
+// whole so every metric's name, unit and help read in one place.
 pub(super) fn describe() {
     describe_counter!(
         "kaflowsql_events_processed_total",
