@@ -264,9 +264,9 @@ impl Engine {
         self.pins.oldest(topic, partition)
     }
 
-    /// The current watermark (see [`clock`]).
+    /// The lowest partition watermark (see [`clock`]).
     pub fn watermark(&self) -> i64 {
-        self.clock.watermark()
+        self.clock.low()
     }
 
     /// Rows waiting for the next [`Engine::flush`].
@@ -276,8 +276,8 @@ impl Engine {
 
     /// Moves the watermark forward without a record (an idle source's wall clock).
     pub fn advance_watermark(&mut self, to: i64, out: &mut Outputs) -> Result<(), EngineError> {
-        if let Some(wm) = self.clock.advance_all(to) {
-            self.on_watermark(wm)?;
+        for (p, wm) in self.clock.advance_all(to) {
+            self.on_watermark(p, wm)?;
         }
         self.flush_if_full(out)
     }
@@ -291,14 +291,14 @@ impl Engine {
         idle_after: std::time::Duration,
         out: &mut Outputs,
     ) -> Result<(), EngineError> {
-        let smart = matches!(self.emission, Emission::Smart { .. });
-        match self.clock.idle(records, idle_after) {
-            Some(wm) if smart => {
-                self.on_watermark(wm)?;
-                self.flush_if_full(out)
-            }
-            _ => Ok(()),
+        let moved = self.clock.idle(records, idle_after);
+        if !matches!(self.emission, Emission::Smart { .. }) || moved.is_empty() {
+            return Ok(());
         }
+        for (p, wm) in moved {
+            self.on_watermark(p, wm)?;
+        }
+        self.flush_if_full(out)
     }
 
     fn flush_if_full(&mut self, out: &mut Outputs) -> Result<(), EngineError> {

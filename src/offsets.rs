@@ -245,6 +245,17 @@ impl Ledger {
         }
     }
 
+    /// Partition `p` was revoked and assigned back in one rebalance, its
+    /// state kept: its records re-read from the committed offset up to
+    /// where this instance had read are skipped (their state is held, their
+    /// outputs produced).
+    pub fn keep(&mut self, p: Partition) {
+        if let Some(&next) = self.next.get(&p) {
+            let resume = self.resume.entry(p).or_insert(next);
+            *resume = (*resume).max(next);
+        }
+    }
+
     /// Event-stream partitions restored from state (their resume offsets).
     pub fn restored(&self) -> impl Iterator<Item = Partition> + '_ {
         self.resume.keys().copied()
@@ -296,6 +307,26 @@ mod tests {
             c,
             Some(HashMap::new()),
             "a pending checkpoint forgets the partition"
+        );
+    }
+
+    #[test]
+    fn a_partition_kept_through_a_rebalance_skips_what_it_read_before() {
+        let mut l = Ledger::new(HashMap::new());
+        for o in 0..5 {
+            assert!(l.read((0, 2), o, Input::Stream));
+        }
+        l.keep((0, 2));
+        assert!(
+            !l.read((0, 2), 3, Input::Stream),
+            "re-read from the commit: in state already"
+        );
+        assert!(!l.read((0, 2), 4, Input::Stream));
+        assert!(l.read((0, 2), 5, Input::Stream), "new");
+        l.keep((0, 9));
+        assert!(
+            l.read((0, 9), 0, Input::Stream),
+            "never read: nothing to skip"
         );
     }
 

@@ -158,6 +158,7 @@ pub fn run_pipeline(
         shutdown,
         out: Outputs::default(),
         assigned_once: false,
+        pending_revoked: Vec::new(),
         last_commit: Instant::now(),
         dimension_log: LogLimit::new(Duration::from_secs(10)),
         consume_log: LogLimit::new(Duration::from_secs(10)),

@@ -30,7 +30,8 @@ pub struct Held {
     entries: HashMap<HeldId, HeldEvent>,
     /// Probe (source and key hash, mixed) -> held events that looked it up.
     waiting: HashMap<u64, SmallVec<[HeldId; 2]>>,
-    deadlines: BTreeSet<(i64, HeldId)>,
+    /// (partition, deadline, id): each partition times out by its own watermark.
+    deadlines: BTreeSet<(i32, i64, HeldId)>,
     next: HeldId,
     released: usize,
 }
@@ -44,7 +45,7 @@ impl Held {
     pub fn hold(&mut self, event: Arc<Event>, deadline: i64) -> HeldId {
         let id = self.next;
         self.next += 1;
-        self.deadlines.insert((deadline, id));
+        self.deadlines.insert((event.partition, deadline, id));
         self.entries.insert(
             id,
             HeldEvent {
@@ -106,14 +107,16 @@ impl Held {
         out.sort_unstable();
     }
 
-    /// Held events whose deadline is before `watermark`; marks them timing out.
-    pub fn due(&mut self, watermark: i64, out: &mut Vec<HeldId>) {
+    /// Held events of `partition` whose deadline is before `watermark`;
+    /// marks them timing out.
+    pub fn due(&mut self, partition: i32, watermark: i64, out: &mut Vec<HeldId>) {
         out.clear();
-        while let Some(&(deadline, id)) = self.deadlines.first() {
-            if deadline >= watermark {
+        let from = (partition, i64::MIN, 0);
+        while let Some(&(p, deadline, id)) = self.deadlines.range(from..).next() {
+            if p != partition || deadline >= watermark {
                 break;
             }
-            self.deadlines.pop_first();
+            self.deadlines.remove(&(p, deadline, id));
             if let Some(e) = self.entries.get_mut(&id) {
                 e.timing_out = true;
                 out.push(id);
@@ -124,7 +127,7 @@ impl Held {
     /// Stops holding `id`.
     pub fn release(&mut self, id: HeldId) -> Option<HeldEvent> {
         let e = self.entries.remove(&id)?;
-        self.deadlines.remove(&(e.deadline, id));
+        self.deadlines.remove(&(e.event.partition, e.deadline, id));
         self.released += 1;
         if self.released > 4096 && self.released > self.waiting.len() {
             let entries = &self.entries;
@@ -179,16 +182,21 @@ mod tests {
         let b = held.hold(event(2), 20);
         held.register(a, &[(1, 1)]);
         let mut out = Vec::new();
-        held.due(10, &mut out);
+        held.due(0, 10, &mut out);
         assert!(
             out.is_empty(),
             "a deadline equal to the watermark is not passed"
         );
-        held.due(11, &mut out);
+        held.due(0, 11, &mut out);
         assert_eq!(out, vec![a]);
         held.waiting_on((1, 1), &mut out);
         assert!(out.is_empty());
-        held.due(100, &mut out);
+        held.due(1, 100, &mut out);
+        assert!(
+            out.is_empty(),
+            "another partition's watermark times out nothing here"
+        );
+        held.due(0, 100, &mut out);
         assert_eq!(out, vec![b]);
         assert_eq!(held.len(), 2, "timing out events stay until their verdict");
     }

@@ -127,7 +127,7 @@ impl Engine {
             }
             super::clock::Admission::Admitted { watermark } => {
                 if let Some(wm) = watermark {
-                    self.on_watermark(wm)?;
+                    self.on_watermark(event.partition, wm)?;
                 }
                 Ok(Some(event))
             }
@@ -182,7 +182,7 @@ impl Engine {
             let mut disk = Disk {
                 store,
                 topics: &mut self.topics,
-                watermark: self.clock.watermark(),
+                watermark: self.clock.watermark(event.partition),
             };
             self.sources[s].fault_in(s, hash, key, &mut disk)?;
         }
@@ -209,7 +209,7 @@ impl Engine {
             let mut disk = Disk {
                 store,
                 topics: &mut self.topics,
-                watermark: self.clock.watermark(),
+                watermark: self.clock.low(),
             };
             self.sources[s].fault_in_primary(s, primary, &mut disk)?;
             self.sources[s].fault_in(s, hash, key, &mut disk)?;
@@ -249,7 +249,7 @@ impl Engine {
                 let mut disk = Disk {
                     store,
                     topics: &mut self.topics,
-                    watermark: self.clock.watermark(),
+                    watermark: self.clock.low(),
                 };
                 self.sources[s].fault_in_primary(s, primary, &mut disk)?;
             }
@@ -267,7 +267,8 @@ impl Engine {
     /// Removes expired records from every table (their offsets unpinned).
     pub(super) fn sweep(&mut self) {
         self.since_sweep = 0;
-        let wm = self.clock.watermark();
+        // What no partition can need any more.
+        let wm = self.clock.low();
         let pins = &mut self.pins;
         for s in &mut self.sources {
             self.stats.evictions += match &mut s.table {

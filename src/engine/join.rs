@@ -254,15 +254,18 @@ impl Engine {
         let (started, lookups_before) = (timed.then(Instant::now), self.stats.lookups.lookups);
         let mut probes = std::mem::take(&mut scratch.probes);
         probes.clear();
+        // A row lives in its driving event's partition (the streams are
+        // co-partitioned): that partition's watermark decides what is live.
+        let watermark = self.clock.watermark(driving.partition);
         let mut joiner = Joiner {
             plan: &self.plan,
             sources: &mut self.sources,
             disk: self.durable.store.as_ref().map(|store| Disk {
                 store,
                 topics: &mut self.topics,
-                watermark: self.clock.watermark(),
+                watermark,
             }),
-            watermark: self.clock.watermark(),
+            watermark,
         };
         let n = joiner.enumerate(
             driving,
@@ -343,7 +346,7 @@ impl Engine {
                 }
                 // Every combination whose last member is this event.
                 let key = std::mem::take(&mut self.join.key_buf);
-                let drivers = self.live_drivers(hash, &key);
+                let drivers = self.live_drivers(hash, &key, event.partition);
                 self.join.key_buf = key;
                 for d in drivers? {
                     self.enumerate_group(
@@ -382,9 +385,15 @@ impl Engine {
         }
     }
 
-    /// The stored driving events under join key `key`, live at the watermark.
-    fn live_drivers(&mut self, hash: u64, key: &[u8]) -> Result<Vec<Arc<Event>>, StoreError> {
-        let watermark = self.clock.watermark();
+    /// The stored driving events under join key `key`, live at the
+    /// watermark of `partition`.
+    fn live_drivers(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        partition: i32,
+    ) -> Result<Vec<Arc<Event>>, StoreError> {
+        let watermark = self.clock.watermark(partition);
         if let Some(store) = self.durable.store.as_ref() {
             let mut disk = Disk {
                 store,
@@ -399,14 +408,14 @@ impl Engine {
         })
     }
 
-    /// The watermark moved to `wm`: held smart events whose timeout passed
-    /// are enumerated once more for their verdict.
-    pub(super) fn on_watermark(&mut self, wm: i64) -> Result<(), StoreError> {
+    /// The watermark of `partition` moved to `wm`: its held smart events
+    /// whose timeout passed are enumerated once more for their verdict.
+    pub(super) fn on_watermark(&mut self, partition: i32, wm: i64) -> Result<(), StoreError> {
         if !matches!(self.emission, Emission::Smart { .. }) {
             return Ok(());
         }
         let mut due = std::mem::take(&mut self.join.ids);
-        self.held.due(wm, &mut due);
+        self.held.due(partition, wm, &mut due);
         let mut result = Ok(());
         for &id in &due {
             let Some(h) = self.held.get(id) else { continue };

@@ -91,11 +91,8 @@ impl Engine {
         self.durable.store = Some(store);
         self.durable.budget = budget;
         let restored = self.store_ref()?.restored()?;
-        if let Some((watermark, times)) = &restored.clock {
-            if let Err(why) = self
-                .clock
-                .restore(*watermark, times, super::clock::wall_clock_ms())
-            {
+        if let Some((_, times)) = &restored.clock {
+            if let Err(why) = self.clock.restore(times, super::clock::wall_clock_ms()) {
                 warn!(reason = %why, "Restored event time refused.");
             }
         }
@@ -105,6 +102,12 @@ impl Engine {
         }
         if matches!(self.emission, Emission::Smart { .. }) {
             self.restore_held(&restored, &mut report)?;
+            // Held events whose timeout had passed, their verdict not
+            // delivered before the stop: decided with the next micro-batch,
+            // not at the partition's next record (it may never come).
+            for (p, wm) in self.clock.watermarks() {
+                self.on_watermark(p, wm)?;
+            }
         }
         self.write_state()?;
         Ok((restored, report))
@@ -153,7 +156,12 @@ impl Engine {
                 report.replayed += 1;
                 return Ok(());
             }
-            if expire_at < self.clock.watermark() {
+            let watermark = if is_stream {
+                self.clock.watermark(event.partition)
+            } else {
+                self.clock.low()
+            };
+            if expire_at < watermark {
                 return Ok(());
             }
             let size = event.size_bytes() as u64 + crate::state::ENTRY_OVERHEAD;
@@ -292,6 +300,7 @@ impl Engine {
         }
         for &((t, p), name) in partitions {
             self.pins.forget(t, p);
+            self.clock.forget(t, p);
             if let Some(store) = self.durable.store.as_mut() {
                 store.forget_offset(name, p);
             }

@@ -115,13 +115,14 @@ impl Sink {
         &mut self,
         topic: &str,
         key: Option<&[u8]>,
-        value: &[u8],
+        value: Option<&[u8]>,
         headers: OwnedHeaders,
     ) -> Result<(), KafkaError> {
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(topic, self.open_id)
-                .payload(value)
-                .headers(headers);
+            BaseRecord::with_opaque_to(topic, self.open_id).headers(headers);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -168,7 +169,7 @@ impl Sink {
             driving.1,
             driving.2,
         );
-        self.send(topic, key, value, h)
+        self.send(topic, key, Some(value), h)
     }
 
     /// Produces a dead letter of `pipeline` to `topic`: its original headers
@@ -185,7 +186,8 @@ impl Sink {
         self.send(
             topic,
             dead.key.as_deref(),
-            dead.value.as_deref().unwrap_or_default(),
+            // A tombstone's dead letter is a tombstone too.
+            dead.value.as_deref(),
             h,
         )
     }

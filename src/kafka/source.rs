@@ -1,5 +1,5 @@
 //! The input side: the consumer of a pipeline's event streams (consumer group
-//! with cooperative-sticky assignment, or static ownership of one partition
+//! with range assignment, or static ownership of one partition
 //! of every stream), the reader of its dimensions (every partition, from the
 //! beginning, on every instance), and metadata checks before start.
 
@@ -306,7 +306,13 @@ impl EventSource {
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
-            ("partition.assignment.strategy", "cooperative-sticky"),
+            // Range gives every member the same partition numbers of every
+            // topic it subscribes to (equal partition counts, checked before
+            // start): partition p of one event stream is joined with
+            // partition p of the others, so they must have one owner, as
+            // Kafka Streams requires of co-partitioned topics. (Sticky and
+            // round-robin assignors split them.)
+            ("partition.assignment.strategy", "range"),
             // librdkafka waits 1 s before fetching again once its local queue
             // is over its threshold: a pipeline slower than the fetch then
             // idles for up to a second (measured: 0.4 of the throughput

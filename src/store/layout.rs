@@ -22,8 +22,11 @@ pub const PRIMARY: u8 = b'p';
 pub const HELD: u8 = b'h';
 /// Tag of a source offset (meta column family).
 pub const OFFSET: u8 = b'o';
-/// Key of the pipeline clock (meta column family).
-pub const CLOCK: &[u8] = b"c";
+/// Key of the pipeline clock (meta column family): the lowest partition
+/// watermark, then each event-stream partition's time. (`c`, the clock of
+/// one time per topic before partitions had their own, is no longer read:
+/// such a state starts its clock afresh.)
+pub const CLOCK: &[u8] = b"w";
 /// Key of the pipeline fingerprint (meta column family).
 pub const FINGERPRINT: &[u8] = b"f";
 /// Expiry time of records that never expire.
@@ -250,33 +253,35 @@ pub fn decode_event(bytes: &[u8]) -> Result<(i64, Event), LayoutError> {
     ))
 }
 
-/// The pipeline clock: watermark and each topic's largest event time.
-pub fn encode_clock(watermark: i64, stream_time: &[Option<i64>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + stream_time.len() * 9);
+/// Event time of one event-stream partition: (topic index, partition, time in epoch ms).
+pub type StreamTime = (u16, i32, i64);
+
+/// Encodes the pipeline clock: `watermark` (the lowest partition
+/// watermark) and every (topic, partition, time) of the event streams.
+pub fn encode_clock(watermark: i64, times: &[StreamTime]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + times.len() * 14);
     out.extend_from_slice(&watermark.to_le_bytes());
-    for t in stream_time {
-        match t {
-            Some(v) => {
-                out.push(1);
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            None => out.push(0),
-        }
+    for &(topic, partition, time) in times {
+        out.extend_from_slice(&topic.to_le_bytes());
+        out.extend_from_slice(&partition.to_le_bytes());
+        out.extend_from_slice(&time.to_le_bytes());
     }
     out
 }
 
 /// Decodes the pipeline clock.
-pub fn decode_clock(bytes: &[u8]) -> Result<(i64, Vec<Option<i64>>), LayoutError> {
+pub fn decode_clock(bytes: &[u8]) -> Result<(i64, Vec<StreamTime>), LayoutError> {
     let mut r = Reader(bytes);
     let watermark = i64::from_le_bytes(r.array()?);
+    if r.0.len() % 14 != 0 {
+        return Err(LayoutError("clock"));
+    }
     let mut times = Vec::new();
     while !r.0.is_empty() {
-        let [present] = r.array()?;
-        times.push(match present {
-            0 => None,
-            _ => Some(i64::from_le_bytes(r.array()?)),
-        });
+        let topic = u16::from_le_bytes(r.array()?);
+        let partition = i32::from_le_bytes(r.array()?);
+        let time = i64::from_le_bytes(r.array()?);
+        times.push((topic, partition, time));
     }
     Ok((watermark, times))
 }
@@ -284,6 +289,14 @@ pub fn decode_clock(bytes: &[u8]) -> Result<(i64, Vec<Option<i64>>), LayoutError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_round_trips_and_refuses_foreign_bytes() {
+        let times = [(0, 3, 1_700_000_000_000), (1, 3, -5)];
+        let bytes = encode_clock(42, &times);
+        assert_eq!(decode_clock(&bytes).ok(), Some((42, times.to_vec())));
+        assert!(decode_clock(&bytes[..12]).is_err());
+    }
 
     #[test]
     fn a_stream_record_key_gives_back_its_origin() {
@@ -362,14 +375,5 @@ mod tests {
         let k = offset_key("user_events", 11);
         assert_eq!(parse_offset_key(&k), Some(("user_events".into(), 11)));
         assert_eq!(parse_offset_key(b"x"), None);
-    }
-
-    #[test]
-    fn clocks_round_trip() {
-        let bytes = encode_clock(5, &[Some(7), None, Some(i64::MIN)]);
-        assert_eq!(
-            decode_clock(&bytes).unwrap(),
-            (5, vec![Some(7), None, Some(i64::MIN)])
-        );
     }
 }

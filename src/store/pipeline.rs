@@ -32,8 +32,8 @@ pub struct Checkpoint {
     pub offsets: HashMap<(String, i32), i64>,
     /// Watermark.
     pub watermark: i64,
-    /// Largest event time per topic (None for dimensions).
-    pub stream_time: Vec<Option<i64>>,
+    /// Largest event time per event-stream (topic, partition).
+    pub stream_time: Vec<layout::StreamTime>,
     /// Held events released by delivered outputs.
     pub released: Vec<Origin>,
 }
@@ -53,8 +53,9 @@ impl Checkpoint {
 pub struct Restored {
     /// Next offset per (topic, partition).
     pub offsets: HashMap<(String, i32), i64>,
-    /// Watermark and largest event time per topic, if a checkpoint was written.
-    pub clock: Option<(i64, Vec<Option<i64>>)>,
+    /// Lowest watermark and largest event time per event-stream (topic,
+    /// partition), if a checkpoint was written.
+    pub clock: Option<(i64, Vec<layout::StreamTime>)>,
 }
 
 /// The state of one pipeline in the database.

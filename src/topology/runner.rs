@@ -31,6 +31,8 @@ pub(super) struct Runner<'a> {
     pub(super) out: Outputs,
     /// Whether the first assignment was seen (group mode).
     pub(super) assigned_once: bool,
+    /// Partitions revoked, decided at the next assignment.
+    pub(super) pending_revoked: Vec<(String, i32)>,
     pub(super) last_commit: Instant,
     pub(super) dimension_log: LogLimit,
     pub(super) consume_log: LogLimit,
@@ -242,6 +244,7 @@ impl<'a> Runner<'a> {
             self.rebalance(source)?;
             match polled {
                 Some(Ok(m)) => {
+                    self.settle()?;
                     batch.push(m);
                     self.push(batch, Input::Stream)?;
                     n += 1;
@@ -257,31 +260,53 @@ impl<'a> Runner<'a> {
         Ok(n as u64)
     }
 
-    /// Applies ownership changes (group mode): a revoked partition's state,
-    /// read position and checkpointed offset are dropped; at the first
-    /// assignment, so are those of restored partitions this instance did not get.
+    /// Applies ownership changes (group mode). A revoke is decided at the
+    /// assignment that follows it: a partition revoked and assigned back in
+    /// the same rebalance keeps its state, and its records re-read from the
+    /// committed offset up to where this instance had read are skipped (they
+    /// are in state, their outputs produced); a partition not assigned back
+    /// has its state, read position and checkpointed offset dropped. At the
+    /// first assignment, so do restored partitions this instance did not get.
     fn rebalance(&mut self, source: &EventSource) -> Result<(), RunError> {
         for change in source.rebalanced() {
-            let revoked: Vec<(String, i32)> = match change {
-                Rebalanced::Revoked(list) => list,
-                Rebalanced::Assigned(_) if self.assigned_once => continue,
-                Rebalanced::Assigned(list) => {
-                    self.assigned_once = true;
-                    let mine: Vec<(u16, i32)> = list
-                        .iter()
-                        .filter_map(|(t, p)| self.engine.topic_index(t).map(|t| (t, *p)))
-                        .collect();
-                    let restored: Vec<(u16, i32)> = self.ledger.restored().collect();
-                    restored
-                        .into_iter()
-                        .filter(|p| !mine.contains(p))
-                        .map(|(t, p)| (self.engine.topic_name(t).to_string(), p))
-                        .collect()
-                }
-            };
-            self.drop_partitions(&revoked)?;
+            match change {
+                Rebalanced::Revoked(list) => self.pending_revoked.extend(list),
+                Rebalanced::Assigned(list) => self.assigned(&list)?,
+            }
         }
         Ok(())
+    }
+
+    fn assigned(&mut self, list: &[(String, i32)]) -> Result<(), RunError> {
+        let mut gone = std::mem::take(&mut self.pending_revoked);
+        for (t, p) in gone.iter().filter(|tp| list.contains(tp)) {
+            if let Some(id) = self.engine.topic_index(t) {
+                self.ledger.keep((id, *p));
+            }
+        }
+        gone.retain(|tp| !list.contains(tp));
+        if !self.assigned_once {
+            self.assigned_once = true;
+            let restored: Vec<(u16, i32)> = self.ledger.restored().collect();
+            for (t, p) in restored {
+                let tp = (self.engine.topic_name(t).to_string(), p);
+                if !list.contains(&tp) {
+                    gone.push(tp);
+                }
+            }
+        }
+        self.drop_partitions(&gone)
+    }
+
+    /// A record arrived: revokes not followed by an assignment (cooperative
+    /// rebalancing, where revoked partitions do not come back in the same
+    /// round) are final.
+    fn settle(&mut self) -> Result<(), RunError> {
+        if self.pending_revoked.is_empty() {
+            return Ok(());
+        }
+        let gone = std::mem::take(&mut self.pending_revoked);
+        self.drop_partitions(&gone)
     }
 
     fn drop_partitions(&mut self, partitions: &[(String, i32)]) -> Result<(), RunError> {
