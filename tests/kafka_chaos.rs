@@ -18,7 +18,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use support::{brokers, create_topics, now_ms, producer, require_broker, unique, Kaflowsql};
@@ -387,26 +386,7 @@ fn plan(kinds: &[BadKind]) -> (Vec<Planned>, Vec<(String, usize)>) {
     (out, bad)
 }
 
-/// A record read back with where it is.
-#[derive(Clone, Debug)]
-struct Rec {
-    partition: i32,
-    offset: i64,
-    timestamp: Option<i64>,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: BTreeMap<String, String>,
-}
-
-impl Rec {
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", String::as_str)
-    }
-
-    fn json(&self) -> Option<Value> {
-        serde_json::from_slice(self.value.as_deref()?).ok()
-    }
-}
+type Rec = support::ReadRecord;
 
 /// Every record of `topic` from the beginning, until `done` holds and
 /// `settle` passed with nothing new, or `timeout`.
@@ -416,59 +396,7 @@ fn read_all(
     timeout: Duration,
     done: impl Fn(&[Rec]) -> bool,
 ) -> Vec<Rec> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("chaos-reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for t in md.topics().iter().filter(|t| t.name() == topic) {
-        for p in t.partitions() {
-            list.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-    }
-    consumer.assign(&list).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + timeout;
-    let mut last = Instant::now();
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                let v = String::from_utf8_lossy(h.value.unwrap_or_default());
-                                (h.key.to_string(), v.into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Rec {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp: m.timestamp().to_millis(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
-                last = Instant::now();
-            }
-            Some(Err(e)) => panic!("read of {topic} failed: {e}"),
-            None => {
-                if last.elapsed() >= settle && done(&out) {
-                    break;
-                }
-            }
-        }
-    }
-    out
+    support::read_until(&brokers(), topic, settle, timeout, done)
 }
 
 /// The group's committed offsets of `topics` (a partition with none: 0).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::join::key_of;
 use super::output::Origin;
-use super::sources::{Disk, Table};
+use super::sources::Table;
 use super::topics::TopicId;
 use super::{DeadLetter, Engine, EngineError, Outputs, SourceRecord};
 use crate::codec::Event;
@@ -178,14 +178,7 @@ impl Engine {
         key: &[u8],
         event: &Arc<Event>,
     ) -> Result<(), StoreError> {
-        if let Some(store) = self.durable.store.as_ref() {
-            let mut disk = Disk {
-                store,
-                topics: &mut self.topics,
-                watermark: self.clock.watermark(event.partition),
-            };
-            self.sources[s].fault_in(s, hash, key, &mut disk)?;
-        }
+        self.fault_in(s, hash, key, self.clock.watermark(event.partition))?;
         if let Table::Stream(table) = &mut self.sources[s].table {
             table.insert(hash, key, event.clone());
             self.pins.pin(event.topic, event.partition, event.offset);
@@ -205,15 +198,8 @@ impl Engine {
         key: &[u8],
         event: &Arc<Event>,
     ) -> Result<(), StoreError> {
-        if let Some(store) = self.durable.store.as_ref() {
-            let mut disk = Disk {
-                store,
-                topics: &mut self.topics,
-                watermark: self.clock.low(),
-            };
-            self.sources[s].fault_in_primary(s, primary, &mut disk)?;
-            self.sources[s].fault_in(s, hash, key, &mut disk)?;
-        }
+        self.fault_in_primary(s, primary)?;
+        self.fault_in(s, hash, key, self.clock.low())?;
         let old = match &mut self.sources[s].table {
             Table::Dimension(table) => table.upsert(primary, hash, key, event.clone()),
             _ => return Ok(()),
@@ -245,14 +231,7 @@ impl Engine {
                     continue;
                 }
             };
-            if let Some(store) = self.durable.store.as_ref() {
-                let mut disk = Disk {
-                    store,
-                    topics: &mut self.topics,
-                    watermark: self.clock.low(),
-                };
-                self.sources[s].fault_in_primary(s, primary, &mut disk)?;
-            }
+            self.fault_in_primary(s, primary)?;
             let old = match &mut self.sources[s].table {
                 Table::Dimension(table) => table.delete(primary),
                 _ => None,

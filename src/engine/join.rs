@@ -394,14 +394,7 @@ impl Engine {
         partition: i32,
     ) -> Result<Vec<Arc<Event>>, StoreError> {
         let watermark = self.clock.watermark(partition);
-        if let Some(store) = self.durable.store.as_ref() {
-            let mut disk = Disk {
-                store,
-                topics: &mut self.topics,
-                watermark,
-            };
-            self.sources[0].fault_in(0, hash, key, &mut disk)?;
-        }
+        self.fault_in(0, hash, key, watermark)?;
         Ok(match &self.sources[0].table {
             Table::Stream(t) => t.lookup(hash, key, watermark).cloned().collect(),
             _ => Vec::new(),

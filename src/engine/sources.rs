@@ -49,6 +49,42 @@ pub(super) struct Disk<'a> {
     pub(super) watermark: i64,
 }
 
+impl super::Engine {
+    /// Brings join key `key` of source `s` back into memory if it left it
+    /// (durable state only); records expired at `watermark` stay on disk.
+    pub(super) fn fault_in(
+        &mut self,
+        s: usize,
+        hash: u64,
+        key: &[u8],
+        watermark: i64,
+    ) -> Result<(), StoreError> {
+        let Some(store) = self.durable.store.as_ref() else {
+            return Ok(());
+        };
+        let mut disk = Disk {
+            store,
+            topics: &mut self.topics,
+            watermark,
+        };
+        self.sources[s].fault_in(s, hash, key, &mut disk)
+    }
+
+    /// Brings the record that dimension record `primary` of source `s`
+    /// replaces back into memory if it left it (durable state only).
+    pub(super) fn fault_in_primary(&mut self, s: usize, primary: &[u8]) -> Result<(), StoreError> {
+        let Some(store) = self.durable.store.as_ref() else {
+            return Ok(());
+        };
+        let mut disk = Disk {
+            store,
+            topics: &mut self.topics,
+            watermark: self.clock.low(),
+        };
+        self.sources[s].fault_in_primary(s, primary, &mut disk)
+    }
+}
+
 impl SourceState {
     /// Every record under `key`, live or not, with the TTL that decides
     /// which of them are live.

@@ -191,6 +191,48 @@ pub fn read_topic_from(
     settle: Duration,
     timeout: Duration,
 ) -> Vec<Received> {
+    read_until(brokers, topic, settle, timeout, |read| read.len() >= count)
+        .into_iter()
+        .map(|r| Received {
+            key: r.key,
+            value: r.value.unwrap_or_default(),
+            headers: r.headers,
+        })
+        .collect()
+}
+
+/// A record read back, with where it was.
+#[derive(Clone, Debug)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl ReadRecord {
+    /// The value of header `name` ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+
+    /// The value as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(self.value.as_deref()?).ok()
+    }
+}
+
+/// Every record of `topic` from the beginning, until `done` holds and
+/// `settle` passed with nothing new, or `timeout`.
+pub fn read_until(
+    brokers: &str,
+    topic: &str,
+    settle: Duration,
+    timeout: Duration,
+    done: impl Fn(&[ReadRecord]) -> bool,
+) -> Vec<ReadRecord> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))
@@ -219,25 +261,25 @@ pub fn read_topic_from(
                     .map(|h| {
                         h.iter()
                             .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
+                                let v = String::from_utf8_lossy(h.value.unwrap_or_default());
+                                (h.key.to_string(), v.into_owned())
                             })
                             .collect()
                     })
                     .unwrap_or_default();
-                out.push(Received {
+                out.push(ReadRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp: m.timestamp().to_millis(),
                     key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().unwrap_or_default().to_vec(),
+                    value: m.payload().map(<[u8]>::to_vec),
                     headers,
                 });
                 last = Instant::now();
             }
             Some(Err(e)) => panic!("read of {topic} failed: {e}"),
             None => {
-                if out.len() >= count && last.elapsed() >= settle {
+                if last.elapsed() >= settle && done(&out) {
                     break;
                 }
             }

@@ -1,0 +1,156 @@
+//! Tests of the planner: refusals with their positions, roles, keys and outputs.
+
+use super::*;
+
+fn dims(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+const SPEC: &str = "SELECT e.user_id, e.event_type, e.ts, p.plan, p.country, t.amount
+FROM user_events e
+LEFT JOIN user_profiles p ON e.user_id = p.user_id
+LEFT JOIN transactions t ON e.user_id = t.user_id
+WHERE e.event_type <> 'heartbeat'";
+
+#[test]
+fn plans_the_spec_example() {
+    let plan = plan_query(SPEC, &dims(&["user_profiles"])).unwrap();
+    let roles: Vec<_> = plan
+        .sources
+        .iter()
+        .map(|s| (s.alias.as_str(), s.role))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            ("e", Role::Stream),
+            ("p", Role::Dimension),
+            ("t", Role::Stream)
+        ]
+    );
+    assert_eq!(plan.sources[0].columns, vec!["user_id", "event_type", "ts"]);
+    assert_eq!(plan.joins.len(), 2);
+    assert_eq!(plan.joins[0].kind, JoinKind::Left);
+    assert_eq!(
+        plan.joins[0].keys,
+        vec![(
+            ColumnRef {
+                source: 0,
+                column: 0
+            },
+            0
+        )]
+    );
+    let names: Vec<_> = plan.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["user_id", "event_type", "ts", "plan", "country", "amount"]
+    );
+    assert_eq!(
+        plan.filter.as_ref().unwrap().to_string(),
+        "e.event_type <> 'heartbeat'"
+    );
+    assert_eq!(plan.stream_key, vec![0]);
+}
+
+#[test]
+fn compound_keys_and_residual_on_predicates() {
+    let plan = plan_query(
+        "SELECT o.id, p.amount FROM orders o JOIN payments p ON o.id = p.order_id AND o.region = p.region AND p.amount > 0",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(plan.joins[0].keys.len(), 2);
+    assert_eq!(plan.filter.unwrap().to_string(), "p.amount > 0");
+    assert_eq!(plan.stream_key, vec![0, 1]);
+}
+
+#[test]
+fn chains_through_dimensions() {
+    let plan = plan_query(
+        "SELECT e.id, c.name FROM ev e JOIN p ON e.uid = p.uid JOIN countries c ON p.country = c.code",
+        &dims(&["p", "countries"]),
+    )
+    .unwrap();
+    assert_eq!(
+        plan.joins[1].keys[0].0,
+        ColumnRef {
+            source: 1,
+            column: 1
+        }
+    );
+    assert!(!plan.has_stream_joins());
+}
+
+fn refusal(sql: &str, dims_: &[&str]) -> SqlError {
+    plan_query(sql, &dims(dims_)).unwrap_err()
+}
+
+#[test]
+fn refuses_right_and_full_joins_with_position() {
+    let e = refusal("SELECT a.x FROM a\nRIGHT JOIN b ON a.x = b.x", &[]);
+    assert!(e.message.contains("RIGHT JOIN"), "{e:?}");
+    assert_eq!(e.position.line, 2);
+    let e = refusal("SELECT a.x FROM a FULL JOIN b ON a.x = b.x", &[]);
+    assert!(e.message.contains("FULL JOIN"));
+}
+
+#[test]
+fn refuses_aggregation_subqueries_and_non_equi_joins() {
+    assert!(refusal("SELECT a.x FROM a GROUP BY a.x", &[])
+        .message
+        .contains("GROUP BY"));
+    assert!(refusal("SELECT count(a.x) FROM a", &[])
+        .message
+        .contains("aggregate"));
+    assert!(
+        refusal("SELECT a.x FROM a WHERE a.x IN (SELECT y FROM b)", &[])
+            .message
+            .contains("subquery")
+    );
+    assert!(refusal("SELECT a.x FROM (SELECT 1 AS x) a", &[])
+        .message
+        .contains("subquery"));
+    let e = refusal("SELECT a.x FROM a JOIN b ON a.x > b.x", &[]);
+    assert!(e.message.contains("no equality"), "{e:?}");
+}
+
+#[test]
+fn refuses_stream_joins_on_different_keys() {
+    let e = refusal(
+        "SELECT a.x FROM a JOIN b ON a.x = b.x JOIN c ON a.y = c.y",
+        &[],
+    );
+    assert!(e.message.contains("another event stream"), "{e:?}");
+    let e = refusal(
+        "SELECT a.x FROM a JOIN b ON a.x = b.x JOIN c ON b.x = c.x",
+        &[],
+    );
+    assert!(e.message.contains("not the driving stream"), "{e:?}");
+}
+
+#[test]
+fn refuses_a_dimension_in_from_and_unqualified_columns() {
+    assert!(refusal("SELECT d.x FROM d", &["d"])
+        .message
+        .contains("drives"));
+    let e = refusal("SELECT x FROM a JOIN b ON a.x = b.x", &[]);
+    assert!(e.message.contains("not qualified"), "{e:?}");
+    assert!(refusal("SELECT * FROM a", &[]).message.contains("`*`"));
+}
+
+#[test]
+fn reports_parse_errors_with_position() {
+    let e = refusal("SELECT a.x\nFROM a WHERE a.x = = 1", &[]);
+    assert!(e.message.contains("does not parse"), "{e:?}");
+    assert_eq!(e.position.line, 2);
+}
+
+#[test]
+fn names_expressions_by_alias_or_text() {
+    let plan = plan_query("SELECT a.x * 2 AS double_x, upper(a.y) FROM a", &[]).unwrap();
+    assert_eq!(plan.outputs[0].name, "double_x");
+    assert_eq!(plan.outputs[1].name, "upper(a.y)");
+    let e = refusal("SELECT a.x, a.y AS x FROM a", &[]);
+    assert!(e.message.contains("two output columns"));
+}
