@@ -224,18 +224,24 @@ impl Clock {
         if !self.is_stream(t) {
             return None;
         }
-        self.partition_mut(partition)?;
-        let p = self.partitions.get_mut(usize::try_from(partition).ok()?)?;
+        let p = self.partition_mut(partition)?;
         let slot = p.times.get_mut(t as usize)?;
-        *slot = (*slot).max(ts);
+        // In-order input moves its stream's time; most records move nothing else.
+        if ts <= *slot {
+            return None;
+        }
+        *slot = ts;
+        // Only streams ever hold a time here (dimensions return above).
         let wm = p
             .times
             .iter()
-            .zip(&self.streams)
-            .filter(|&(&m, &s)| s && m > UNSEEN)
-            .map(|(&m, _)| m)
+            .copied()
+            .filter(|&m| m > UNSEEN)
             .min()
             .unwrap_or(UNSEEN);
+        if wm <= p.watermark {
+            return None;
+        }
         self.raise(partition, wm)
     }
 
