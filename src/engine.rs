@@ -50,7 +50,10 @@ use evaluate::{BatchColumn, Evaluated, Evaluation};
 pub use join::LookupStats;
 pub use output::{DeadLetter, Origin, OutputRow, Outputs};
 pub use ownership::RestoreReport;
-pub use topics::{TopicId, Topics};
+pub use topics::Topics;
+
+/// A topic of the pipeline: its index in [`Topics`] (first-use order in the query).
+pub type TopicId = u16;
 
 /// Default bound on rows per micro-batch.
 pub const DEFAULT_BATCH_ROWS: usize = 4096;

@@ -13,7 +13,7 @@ mod pipeline;
 mod writer;
 
 pub use layout::{LayoutError, NEVER};
-pub use pipeline::{Checkpoint, PipelineStore, Restored, Target};
+pub use pipeline::{Checkpoint, PipelineStore, Restored};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,15 @@ use std::sync::{Arc, Mutex};
 use rocksdb::{DBWithThreadMode, MultiThreaded};
 
 use crate::config::StateConfig;
+
+/// Which column family a staged change goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The records of source `n` of the query.
+    Source(usize),
+    /// The pipeline's meta family.
+    Meta,
+}
 
 /// The database type: column families can be created from any thread.
 pub type Db = DBWithThreadMode<MultiThreaded>;

@@ -7,8 +7,11 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use super::join::Probe;
 use crate::codec::Event;
+
+/// A (source, key hash) that an enumeration looked up: an arrival there may
+/// complete the held events that made it.
+pub type Probe = (usize, u64);
 
 /// Identifies a held event.
 pub type HeldId = u64;

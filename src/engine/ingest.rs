@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::join::key_of;
 use super::output::Origin;
 use super::sources::Table;
-use super::topics::TopicId;
+use super::TopicId;
 use super::{DeadLetter, Engine, EngineError, Outputs, SourceRecord};
 use crate::codec::Event;
 use crate::store::StoreError;

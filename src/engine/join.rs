@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use super::held::HeldId;
+use super::held::{HeldId, Probe};
 use super::sources::{Disk, SourceState, Table};
 use super::{Engine, Origin};
 use crate::codec::{canonical_key, hash_key, Event};
@@ -45,9 +45,6 @@ pub struct LookupStats {
     /// Lookups that found at least one record.
     pub hits: u64,
 }
-
-/// A (source, key hash) that an enumeration looked up, for smart emission.
-pub type Probe = (usize, u64);
 
 /// What decides a group's rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,12 +254,14 @@ impl Engine {
         // A row lives in its driving event's partition (the streams are
         // co-partitioned): that partition's watermark decides what is live.
         let watermark = self.clock.watermark(driving.partition);
+        let topics = &mut self.topics;
+        let mut revive = |e| topics.revive(e);
         let mut joiner = Joiner {
             plan: &self.plan,
             sources: &mut self.sources,
             disk: self.durable.store.as_ref().map(|store| Disk {
                 store,
-                topics: &mut self.topics,
+                revive: &mut revive,
                 watermark,
             }),
             watermark,

@@ -6,7 +6,7 @@ use std::ops::Range;
 use duckdb::arrow::error::ArrowError;
 use duckdb::arrow::record_batch::RecordBatch;
 
-use super::topics::TopicId;
+use super::TopicId;
 use crate::codec::{encode_json_rows, key_bytes, Event};
 
 /// Where a record came from.

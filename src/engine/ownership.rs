@@ -17,7 +17,7 @@ use tracing::warn;
 use super::durable::no_store;
 use super::join::{GroupKind, Mode};
 use super::sources::Table;
-use super::topics::TopicId;
+use super::TopicId;
 use super::{Engine, EngineError, Origin};
 use crate::codec::{hash_key, Event};
 use crate::config::Emission;

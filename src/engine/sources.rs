@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::topics::{TopicId, Topics};
+use super::TopicId;
 use crate::codec::{hash_key, Event};
 use crate::sql::Role;
 use crate::state::{DimensionTable, Location, StreamTable};
@@ -40,12 +40,15 @@ pub struct SourceState {
     pub table: Table,
 }
 
-/// What a table needs to read records back from disk: the store, the
-/// topics (a record read back has its column types observed again: types
-/// are learned per run) and the watermark (expired records stay on disk).
+/// Brings a record read back from disk into the run (its column types are
+/// observed again: types are learned per run); None drops it.
+pub(super) type Revive<'a> = &'a mut dyn FnMut(Event) -> Option<Arc<Event>>;
+
+/// What a table needs to read records back from disk: the store, how a
+/// record comes back to life, and the watermark (expired records stay on disk).
 pub(super) struct Disk<'a> {
     pub(super) store: &'a PipelineStore,
-    pub(super) topics: &'a mut Topics,
+    pub(super) revive: Revive<'a>,
     pub(super) watermark: i64,
 }
 
@@ -62,9 +65,11 @@ impl super::Engine {
         let Some(store) = self.durable.store.as_ref() else {
             return Ok(());
         };
+        let topics = &mut self.topics;
+        let mut revive = |e| topics.revive(e);
         let mut disk = Disk {
             store,
-            topics: &mut self.topics,
+            revive: &mut revive,
             watermark,
         };
         self.sources[s].fault_in(s, hash, key, &mut disk)
@@ -76,9 +81,11 @@ impl super::Engine {
         let Some(store) = self.durable.store.as_ref() else {
             return Ok(());
         };
+        let topics = &mut self.topics;
+        let mut revive = |e| topics.revive(e);
         let mut disk = Disk {
             store,
-            topics: &mut self.topics,
+            revive: &mut revive,
             watermark: self.clock.low(),
         };
         self.sources[s].fault_in_primary(s, primary, &mut disk)
@@ -132,10 +139,7 @@ impl SourceState {
             }
             Ok(())
         })?;
-        let events: Vec<Arc<Event>> = found
-            .into_iter()
-            .filter_map(|e| disk.topics.revive(e))
-            .collect();
+        let events: Vec<Arc<Event>> = found.into_iter().filter_map(|e| (disk.revive)(e)).collect();
         match &mut self.table {
             Table::Stream(t) => t.load(hash, key, events),
             Table::Dimension(t) => t.load(hash, key, events),

@@ -13,13 +13,11 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::sources::{SourceState, Table};
+use super::TopicId;
 use crate::codec::{Event, TopicSchema};
 use crate::config::{Emission, Pipeline};
 use crate::sql::{JoinKind, Role};
 use crate::state::{DimensionTable, StreamTable};
-
-/// A topic of the pipeline: its index in [`Topics`] (first-use order in the query).
-pub type TopicId = u16;
 
 /// One topic: how its records decode, which sources read them, and how long
 /// they stay joinable.

@@ -12,16 +12,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions};
 
 use super::layout::{self, Origin};
 use super::writer::{Op, Staged, Writer};
-use super::{rocks, Db, FamilyStats, StateDb, StoreError};
-
-/// Which column family a staged change goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// The records of source `n` of the query.
-    Source(usize),
-    /// The pipeline's meta family.
-    Meta,
-}
+use super::{rocks, Db, FamilyStats, StateDb, StoreError, Target};
 
 /// What a checkpoint makes durable: every source partition's next offset
 /// (state reflects exactly the records before it), the clock, and the held

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use rocksdb::{WriteBatch, WriteOptions};
 
-use super::pipeline::Target;
+use super::Target;
 use super::{StateDb, StoreError};
 
 /// One staged put (with a value) or delete, as ranges of the arena.
