@@ -99,6 +99,8 @@ pub struct EngineStats {
     pub batches: u64,
     /// Event-stream records already expired on arrival (neither stored nor joined).
     pub late: u64,
+    /// Records with a missing or NULL join key: they match nothing (SQL).
+    pub null_keys: u64,
     /// Nanoseconds spent in DuckDB.
     pub sql_nanos: u64,
 }

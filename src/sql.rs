@@ -12,7 +12,9 @@ mod rewrite;
 pub use bind::bind;
 pub(crate) use bind::sql_type_name;
 pub use plan::plan_query;
-pub use rewrite::{batch_column_name, referenced_columns, DuckSql, KEEP_COLUMN, ROW_COLUMN};
+pub use rewrite::{
+    batch_column_name, on_column, referenced_columns, DuckSql, KEEP_COLUMN, ROW_COLUMN,
+};
 
 use std::fmt;
 
@@ -128,6 +130,10 @@ pub struct Join {
     /// Equalities `probe = index`: `probe` is a column of an earlier source,
     /// `index` a column (of the joined source) its state is indexed by.
     pub keys: Vec<(ColumnRef, usize)>,
+    /// A LEFT join's ON conditions beyond the keys: a candidate that fails
+    /// them is no match, so the row is NULL-extended when no candidate
+    /// passes (standard SQL). An INNER join's go to the filter.
+    pub on: Option<Expr>,
 }
 
 /// One output column.

@@ -134,7 +134,7 @@ fn cli_output_is_byte_identical_across_runs() {
         outputs.push(std::fs::read(out).unwrap());
     }
     assert_eq!(outputs[0], outputs[1]);
-    assert_eq!(outputs[0].iter().filter(|b| **b == b'\n').count(), 4);
+    assert_eq!(outputs[0].iter().filter(|b| **b == b'\n').count(), 5);
 }
 
 #[test]

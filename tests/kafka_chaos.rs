@@ -101,11 +101,13 @@ struct Planned {
 type Built = (Option<String>, Stamp, Option<String>);
 
 /// A kind of bad record: where it goes, how it is built, and what the dead
-/// letter must say.
+/// letter must say (or, for a record SQL accepts but that must give no row,
+/// `class` "none": no dead letter, no output).
 struct BadKind {
     name: &'static str,
     topic: Topic,
-    /// The `kind` label of `kaflowsql_errors_total` it is counted under.
+    /// The `kind` label of `kaflowsql_errors_total` it is counted under
+    /// ("none": not an error, not a dead letter).
     class: &'static str,
     /// Text the `kaflowsql.dlq.reason` header must contain.
     reason: &'static str,
@@ -252,42 +254,40 @@ fn bad_kinds() -> Vec<BadKind> {
                 )
             },
         },
+        // A NULL or missing join key matches nothing, as in SQL: no dead
+        // letter, and in these INNER joins no row (src/engine/ingest.rs).
         BadKind {
             name: "null join key (orders)",
             topic: Topic::Orders,
-            class: "decode",
-            reason: "join key field `order_id` is missing or null",
+            class: "none",
+            reason: "",
             build: |_| {
                 let v = r#"{"order_id":null,"customer_id":"c1","qty":1,"total":1.5,"ts":{TS}}"#;
                 (Some(v.to_string()), Stamp::Now, None)
             },
         },
         BadKind {
-            name: "null join key (payments)",
+            name: "missing join key (payments)",
             topic: Topic::Payments,
-            class: "decode",
-            reason: "join key field `order_id` is missing or null",
+            class: "none",
+            reason: "",
             build: |id| {
-                let v = format!(r#"{{"payment_id":"pay-{id}","order_id":null,"amount":1.5}}"#);
+                let v = format!(r#"{{"payment_id":"pay-{id}","amount":1.5}}"#);
                 (Some(v), Stamp::Now, None)
             },
         },
         BadKind {
-            // Today every column the driving stream joins on is a required
-            // key, the LEFT-joined dimension's too (`QueryPlan::key_columns`,
-            // docs/sql-and-joins.md: "a driving-stream record whose join key
-            // field is missing or null is a dead letter"). Issue #16 will
-            // change this for LEFT joins (NULL-extended output instead);
-            // this asserts the current, documented behaviour.
+            // The LEFT-joined dimension's key is NULL: the order would be
+            // NULL-extended; without its payment the INNER join gives no row.
             name: "null LEFT JOIN key (customer_id null)",
             topic: Topic::Orders,
-            class: "decode",
-            reason: "join key field `customer_id` is missing or null",
+            class: "none",
+            reason: "",
             build: |id| {
                 let v = format!(
                     r#"{{"order_id":"{id}","customer_id":null,"qty":1,"total":1.5,"ts":{{TS}}}}"#
                 );
-                (Some(v), Stamp::Now, Some(payment(id)))
+                (Some(v), Stamp::Now, None)
             },
         },
         BadKind {
@@ -462,11 +462,12 @@ fn metric_with(scrape: &str, name: &str, label: &str) -> f64 {
         .sum()
 }
 
-const WATCHED: [(&str, &str, &str); 8] = [
+const WATCHED: [(&str, &str, &str); 9] = [
     ("events", "kaflowsql_events_processed_total", ""),
     ("outputs", "kaflowsql_output_records_total", ""),
     ("dlq", "kaflowsql_dlq_records_total", ""),
     ("late", "kaflowsql_late_records_total", ""),
+    ("null_keys", "kaflowsql_null_join_keys_total", ""),
     ("decode", "kaflowsql_errors_total", "kind=\"decode\""),
     (
         "event_time",
@@ -950,6 +951,17 @@ fn chaos_kill_9_twice_and_a_member_leaving_loses_nothing_and_explains_every_dupl
         }
         let src = (topic.clone(), partition, offset);
         accounted.insert(src.clone());
+        if kind.class == "none" {
+            match dead_by_source.get(&src) {
+                Some(l) => dead_problems.push(format!(
+                    "{id} ({}) is in the DLQ: {}",
+                    kind.name,
+                    l[0].header("kaflowsql.dlq.reason")
+                )),
+                None => entry.1 += 1,
+            }
+            continue;
+        }
         let Some(letters) = dead_by_source.get(&src) else {
             dead_problems.push(format!("{id} ({}) is not in the DLQ", kind.name));
             continue;
@@ -1145,8 +1157,13 @@ fn chaos_kill_9_twice_and_a_member_leaving_loses_nothing_and_explains_every_dupl
     );
     for kind in &kinds {
         let (n, found) = per_kind.get(kind.name).copied().unwrap_or((0, 0));
+        let outcome = if kind.class == "none" {
+            "not in DLQ"
+        } else {
+            "in DLQ"
+        };
         eprintln!(
-            "  {:<50} {:>10} sent {n:>3}, in DLQ {found:>3}",
+            "  {:<50} {:>10} sent {n:>3}, {outcome} {found:>3}",
             kind.name, kind.class
         );
     }
@@ -1314,6 +1331,15 @@ fn chaos_kill_9_twice_and_a_member_leaving_loses_nothing_and_explains_every_dupl
          keeps its original key, value and headers): {:?}",
         tombstone_problems.len(),
         &tombstone_problems[..tombstone_problems.len().min(3)]
+    );
+    let null_keys: f64 = cluster
+        .runs
+        .iter()
+        .map(|r| r.metrics.get("null_keys").copied().unwrap_or(0.0))
+        .sum();
+    assert!(
+        null_keys > 0.0,
+        "kaflowsql_null_join_keys_total counted nothing"
     );
     for k in ["decode", "event_time", "sql_row", "tombstone"] {
         assert!(

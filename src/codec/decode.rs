@@ -22,9 +22,6 @@ pub enum DecodeError {
     /// The value is JSON but not an object.
     #[error("value is JSON but not an object; records must be JSON objects")]
     NotObject,
-    /// A join-key field is absent or null.
-    #[error("join key field `{0}` is missing or null")]
-    MissingKey(String),
     /// A field's value does not fit its column's type.
     #[error("field `{column}` should be {expected} but is {found}")]
     WrongType {
@@ -56,7 +53,8 @@ pub struct TopicSchema {
     declared: Vec<bool>,
     /// Column holding event time, if the source declares one.
     pub timestamp_column: Option<usize>,
-    /// Columns that must be present and non-null (join keys).
+    /// Join-key columns (decoded even when the query reads them nowhere
+    /// else; a missing or null one is a NULL key, which matches nothing).
     pub key_columns: Vec<usize>,
     /// A column whose values are not typed (the timestamp column when only
     /// event time is read from it).
@@ -153,11 +151,6 @@ impl TopicSchema {
             Err(e) => return Err(DecodeError::NotJson(e.to_string())),
         }
         de.end().map_err(|e| DecodeError::NotJson(e.to_string()))?;
-        for &k in &self.key_columns {
-            if values[k].is_null() {
-                return Err(DecodeError::MissingKey(self.columns[k].clone()));
-            }
-        }
         let timestamp = match self.timestamp_column {
             Some(c) => timestamp_of(&self.columns[c], &values[c])?,
             None => kafka_timestamp,
@@ -433,9 +426,11 @@ mod tests {
             s.decode(0, 0, 0, 0, None, b"[1,2]").unwrap_err(),
             DecodeError::NotObject
         );
-        assert_eq!(
-            s.decode(0, 0, 0, 0, None, br#"{"amount":1}"#).unwrap_err(),
-            DecodeError::MissingKey("id".into())
+        assert!(
+            schema()
+                .decode(0, 0, 0, 0, None, br#"{"amount":1}"#)
+                .is_ok(),
+            "a missing join key is a NULL key, not an error (it matches nothing)"
         );
         assert!(matches!(
             s.decode(0, 0, 0, 0, None, br#"{"id":"a"} x"#),

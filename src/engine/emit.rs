@@ -8,7 +8,12 @@
 //!   released and, with `on_timeout: emit`, its rows are written with NULLs.
 //! - A group with a row that failed in SQL sends its driving record to the
 //!   dead letters instead (a held event is released).
+//! - A LEFT join with ON conditions beyond its key: a candidate that fails
+//!   them is no match. Its row is dropped when another candidate of the same
+//!   row matched; when none did, one row stays, NULL-extended (its columns
+//!   read as NULL in the SQL), as standard SQL has it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use duckdb::arrow::array::{Array, UInt32Array};
@@ -26,13 +31,19 @@ use crate::config::{Emission, OnTimeout};
 struct Picks {
     positions: Vec<u32>,
     origins: Vec<(Origin, Origin)>,
+    /// Batch rows that are no match of a LEFT join's ON conditions (see [`unmatched`]).
+    unmatched: Vec<bool>,
 }
 
 impl Picks {
+    fn is_unmatched(&self, row: usize) -> bool {
+        self.unmatched.get(row).copied().unwrap_or(false)
+    }
+
     /// Takes batch row `row` of group `g` if the filter keeps it.
     fn take(&mut self, ev: &Evaluated, row: usize, g: &Group, stats: &mut EngineStats) {
         let i = ev.position[row];
-        if i == u32::MAX {
+        if i == u32::MAX || self.is_unmatched(row) {
             return;
         }
         let kept = match &ev.keep {
@@ -47,6 +58,52 @@ impl Picks {
             stats.filtered += 1;
         }
     }
+}
+
+/// Batch rows that are no match: for each LEFT join with ON conditions
+/// beyond its key (`ev.on`), among a group's rows that differ only in that
+/// join's candidate, those whose candidate failed the conditions when
+/// another passed, and all but the first when none passed (it stays,
+/// NULL-extended). The later joins do not depend on such a join's columns
+/// (the planner refuses that), so those rows are exactly its candidates.
+fn unmatched(
+    groups: &[Group],
+    rows: &[Option<Arc<Event>>],
+    stride: usize,
+    sources: &[usize],
+    ev: &Evaluated,
+) -> Vec<bool> {
+    let count = groups.last().map_or(0, |g| g.rows.end);
+    let mut out = vec![false; count];
+    let identity = |e: &Option<Arc<Event>>| e.as_ref().map_or(0, |e| Arc::as_ptr(e) as usize);
+    for ((_, passed), &s) in ev.on.iter().zip(sources) {
+        for g in groups {
+            let mut rest: HashMap<Vec<usize>, (bool, Vec<usize>)> = HashMap::new();
+            for r in g.rows.clone() {
+                let i = ev.position[r];
+                if i == u32::MAX || out[r] {
+                    continue;
+                }
+                let ok = passed.is_valid(i as usize) && passed.value(i as usize);
+                let others: Vec<usize> = (0..stride)
+                    .filter(|&x| x != s)
+                    .map(|x| identity(&rows[r * stride + x]))
+                    .collect();
+                let entry = rest.entry(others).or_default();
+                if ok {
+                    entry.0 = true;
+                } else {
+                    entry.1.push(r);
+                }
+            }
+            for (any, failed) in rest.into_values() {
+                for r in failed.into_iter().skip(usize::from(!any)) {
+                    out[r] = true;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Whether batch row `row` has every column of `require` (output column
@@ -71,6 +128,14 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let stride = self.plan.sources.len();
         let mut picks = Picks::default();
+        if let Some(ev) = result.as_ref().filter(|ev| !ev.on.is_empty()) {
+            let sources: Vec<usize> = ev
+                .on
+                .iter()
+                .map(|(j, _)| self.plan.joins[*j].source)
+                .collect();
+            picks.unmatched = unmatched(groups, rows, stride, &sources, ev);
+        }
         let mut dead: Vec<Origin> = Vec::new();
         for g in groups {
             let failure = result.as_ref().and_then(|ev| {
@@ -126,7 +191,7 @@ impl Engine {
                 let done: Vec<usize> = g
                     .rows
                     .clone()
-                    .filter(|&r| complete(ev, r, require))
+                    .filter(|&r| !picks.is_unmatched(r) && complete(ev, r, require))
                     .collect();
                 if done.is_empty() {
                     return;

@@ -50,6 +50,10 @@ pub(super) struct Evaluated {
     pub(super) values: RecordBatch,
     /// The filter's verdict per result row (None: the query has no filter).
     pub(super) keep: Option<BooleanArray>,
+    /// Per LEFT join with ON conditions beyond its key (`DuckSql::on_joins`,
+    /// in order): the join index, and whether each result row's candidate
+    /// passed them.
+    pub(super) on: Vec<(usize, BooleanArray)>,
     /// Per batch row: its result row, or `u32::MAX` when it failed.
     pub(super) position: Vec<u32>,
     /// Batch rows whose values DuckDB failed on, with the reason, by row.
@@ -174,6 +178,7 @@ impl Evaluation {
             return Ok(Some(Evaluated {
                 values: RecordBatch::new_empty(schema),
                 keep: None,
+                on: Vec::new(),
                 position,
                 failed,
             }));
@@ -190,21 +195,19 @@ impl Evaluation {
             }
         }
         let keep = if sql.has_filter {
-            let column = result.column(outputs);
-            Some(match column.data_type() {
-                DataType::Boolean => column
-                    .as_boolean_opt()
-                    .ok_or_else(|| ArrowError::CastError("the filter is not BOOLEAN".into()))?
-                    .clone(),
-                // A condition over columns never seen with a value: all NULL.
-                _ => BooleanArray::new_null(column.len()),
-            })
+            Some(condition(result.column(outputs))?)
         } else {
             None
         };
+        let first_on = outputs + usize::from(sql.has_filter);
+        let mut on = Vec::new();
+        for (i, &j) in sql.on_joins.iter().enumerate() {
+            on.push((j, condition(result.column(first_on + i))?));
+        }
         Ok(Some(Evaluated {
             values: result.project(&(0..outputs).collect::<Vec<_>>())?,
             keep,
+            on,
             position,
             failed,
         }))
@@ -228,17 +231,25 @@ impl Evaluation {
         self.sql_nanos += started.elapsed().as_nanos() as u64;
         let error = match result {
             Ok(batches) => {
-                let boolean = |b: &RecordBatch| !sql.has_filter || is_condition(b.column(outputs));
+                let conditions = usize::from(sql.has_filter) + sql.on_joins.len();
+                let boolean = |b: &RecordBatch| {
+                    (outputs..outputs + conditions).all(|c| is_condition(b.column(c)))
+                };
                 if batches.iter().all(boolean) {
                     parts.extend(batches);
                     return Ok(());
                 }
                 let found = batches
                     .first()
-                    .map(|b| crate::sql::sql_type_name(b.column(outputs).data_type()))
+                    .and_then(|b| {
+                        (outputs..outputs + conditions)
+                            .map(|c| b.column(c))
+                            .find(|c| !is_condition(c.as_ref()))
+                    })
+                    .map(|c| crate::sql::sql_type_name(c.data_type()))
                     .unwrap_or_default();
                 failed.extend((start..start + len).map(|r| {
-                    (r, format!("SQL failed on this record's values: the WHERE condition (with the ON conditions beyond the join keys) is {found}, not BOOLEAN, for these values; compare the column explicitly (for example `e.flag = 1`) or declare its type under sources"))
+                    (r, format!("SQL failed on this record's values: a WHERE or ON condition is {found}, not BOOLEAN, for these values; compare the column explicitly (for example `e.flag = 1`) or declare its type under sources"))
                 }));
                 return Ok(());
             }
@@ -262,6 +273,18 @@ impl Evaluation {
             }
         }
     }
+}
+
+/// A condition column as booleans (all NULL for a condition over columns
+/// never seen with a value, which DuckDB types as INTEGER).
+fn condition(column: &ArrayRef) -> Result<BooleanArray, ArrowError> {
+    Ok(match column.data_type() {
+        DataType::Boolean => column
+            .as_boolean_opt()
+            .ok_or_else(|| ArrowError::CastError("a condition is not BOOLEAN".into()))?
+            .clone(),
+        _ => BooleanArray::new_null(column.len()),
+    })
 }
 
 /// Whether a filter result is a condition: BOOLEAN, or all NULL (DuckDB

@@ -112,6 +112,16 @@ impl Engine {
             }
         };
         let topic = self.topics.get(t);
+        // A NULL key matches nothing, as in SQL: the record goes on (a LEFT
+        // join NULL-extends it, an INNER join gives no row), counted.
+        if topic
+            .schema
+            .key_columns
+            .iter()
+            .any(|&k| event.values[k].is_null())
+        {
+            self.stats.null_keys += 1;
+        }
         let declared = topic.schema.timestamp_column.is_some();
         match self
             .clock
@@ -150,11 +160,17 @@ impl Engine {
     }
 
     /// Stores a record of joined source `s`; returns its join key hash (the
-    /// key left in `join.key_buf`), None when a part of its key is NULL.
+    /// key left in `join.key_buf`), None when a part of its key is NULL: such
+    /// a record matches nothing, and a dimension record's previous version
+    /// (same Kafka key) stops matching too.
     fn store_record(&mut self, s: usize, event: &Arc<Event>) -> Result<Option<u64>, StoreError> {
         let mut key = std::mem::take(&mut self.join.key_buf);
         let Some(hash) = key_of(event, &self.sources[s].index, &mut key) else {
             self.join.key_buf = key;
+            let dimension = matches!(self.sources[s].table, Table::Dimension(_));
+            if let (true, Some(primary)) = (dimension, event.key.as_deref()) {
+                self.delete_dimension(s, primary)?;
+            }
             return Ok(None);
         };
         let result = match &self.sources[s].table {
@@ -216,31 +232,33 @@ impl Engine {
         let mut refused = None;
         for i in 0..self.topics.get(t).sources.len() {
             let s = self.topics.get(t).sources[i];
-            let primary = match (&self.sources[s].table, key) {
-                (Table::Dimension(_), Some(k)) => k,
+            match (&self.sources[s].table, key) {
+                (Table::Dimension(_), Some(k)) => self.delete_dimension(s, k)?,
                 (Table::Dimension(_), None) => {
                     refused =
-                        Some("tombstone (null value) without a key: nothing to delete".to_string());
-                    continue;
+                        Some("tombstone (null value) without a key: nothing to delete".to_string())
                 }
-                _ => {
-                    refused = Some(
-                        "null value (tombstone) on an event stream: event streams carry JSON objects"
-                            .to_string(),
-                    );
-                    continue;
-                }
-            };
-            self.fault_in_primary(s, primary)?;
-            let old = match &mut self.sources[s].table {
-                Table::Dimension(table) => table.delete(primary),
-                _ => None,
-            };
-            if let (Some(store), Some(_)) = (self.durable.store.as_mut(), &old) {
-                self.sources[s].persist_dimension(s, primary, None, old, store);
+                _ => refused = Some(
+                    "null value (tombstone) on an event stream: event streams carry JSON objects"
+                        .to_string(),
+                ),
             }
         }
         Ok(refused)
+    }
+
+    /// Deletes dimension record `primary` of source `s` (memory, staged for
+    /// disk): a tombstone, or an update whose join key became NULL.
+    fn delete_dimension(&mut self, s: usize, primary: &[u8]) -> Result<(), StoreError> {
+        self.fault_in_primary(s, primary)?;
+        let old = match &mut self.sources[s].table {
+            Table::Dimension(table) => table.delete(primary),
+            _ => None,
+        };
+        if let (Some(store), Some(_)) = (self.durable.store.as_mut(), &old) {
+            self.sources[s].persist_dimension(s, primary, None, old, store);
+        }
+        Ok(())
     }
 
     /// Removes expired records from every table (their offsets unpinned).
@@ -324,6 +342,75 @@ state:
         assert_eq!(
             out.dead_letters[0].value.as_deref(),
             Some(&b"{not json"[..])
+        );
+    }
+
+    fn lines(e: &mut Engine, records: &[(&str, &str, &str)]) -> Vec<String> {
+        let mut out = Outputs::default();
+        for (i, (topic, key, value)) in records.iter().enumerate() {
+            let pushed = e.push(
+                &record(topic, i as i64, key.as_bytes(), value.as_bytes()),
+                &mut out,
+            );
+            assert!(pushed.is_ok(), "{pushed:?}");
+        }
+        assert!(e.flush(&mut out).is_ok());
+        assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+        out.rows
+            .iter()
+            .map(|r| String::from_utf8_lossy(out.value(r)).into_owned())
+            .collect()
+    }
+
+    /// SQL: a NULL or missing join key matches nothing; a LEFT join keeps
+    /// the row with NULLs, and nothing is a dead letter.
+    #[test]
+    fn a_null_or_missing_join_key_gives_the_left_join_its_null_row() {
+        let mut e = engine();
+        let rows = lines(
+            &mut e,
+            &[
+                ("devices", "d1", r#"{"device":"d1","name":"pump"}"#),
+                ("events", "e1", r#"{"id":"e1","device":null}"#),
+                ("events", "e2", r#"{"id":"e2"}"#),
+                ("events", "e3", r#"{"id":"e3","device":"d1"}"#),
+            ],
+        );
+        assert_eq!(
+            rows,
+            [
+                r#"{"id":"e1","name":null}"#,
+                r#"{"id":"e2","name":null}"#,
+                r#"{"id":"e3","name":"pump"}"#
+            ]
+        );
+        assert_eq!(e.stats().null_keys, 2);
+    }
+
+    /// A dimension record whose join column becomes NULL (or disappears)
+    /// stops matching: its previous version is gone, not kept.
+    #[test]
+    fn a_dimension_update_to_a_null_key_removes_the_old_match() {
+        let mut e = engine();
+        let rows = lines(
+            &mut e,
+            &[
+                ("devices", "k1", r#"{"device":"d1","name":"pump"}"#),
+                ("events", "e1", r#"{"id":"e1","device":"d1"}"#),
+                ("devices", "k1", r#"{"device":null,"name":"pump"}"#),
+                ("events", "e2", r#"{"id":"e2","device":"d1"}"#),
+                ("devices", "k1", r#"{"device":"d1","name":"valve"}"#),
+                ("devices", "k1", r#"{"name":"valve"}"#),
+                ("events", "e3", r#"{"id":"e3","device":"d1"}"#),
+            ],
+        );
+        assert_eq!(
+            rows,
+            [
+                r#"{"id":"e1","name":"pump"}"#,
+                r#"{"id":"e2","name":null}"#,
+                r#"{"id":"e3","name":null}"#
+            ]
         );
     }
 

@@ -18,7 +18,9 @@ use duckdb::arrow::datatypes::{DataType, Field, Schema};
 use duckdb::arrow::record_batch::RecordBatch;
 use sqlparser::ast::{Expr, Spanned, Visit, Visitor};
 
-use super::{batch_column_name, ColumnRef, DuckSql, QueryPlan, SqlError, SqlPosition, KEEP_COLUMN};
+use super::{
+    batch_column_name, on_column, ColumnRef, DuckSql, QueryPlan, SqlError, SqlPosition, KEEP_COLUMN,
+};
 use crate::codec::ColumnType;
 use crate::eval::Evaluator;
 
@@ -172,10 +174,7 @@ fn check(
         Ok(batches) => batches,
         Err(e) => return duck_refusal(plan, &e),
     };
-    if sql.has_filter {
-        check_condition(plan, &batches)?;
-    }
-    Ok(())
+    check_condition(plan, &batches)
 }
 
 /// Refuses an aggregate of DuckDB's catalog anywhere in the SELECT list or WHERE.
@@ -277,23 +276,31 @@ fn duck_refusal(plan: &QueryPlan, e: &crate::eval::EvalError) -> Result<(), SqlE
     .help("check function names, argument counts and types (declare column types under `sources.<topic>.columns`)"))
 }
 
-/// Refuses a WHERE (with the ON conditions beyond the join keys) that is not BOOLEAN.
+/// Refuses a WHERE (with an INNER join's ON conditions beyond its keys), or
+/// a LEFT join's ON conditions beyond its keys, that is not BOOLEAN.
 fn check_condition(plan: &QueryPlan, batches: &[RecordBatch]) -> Result<(), SqlError> {
-    let keep = batches
-        .first()
-        .and_then(|b| b.column_by_name(KEEP_COLUMN).cloned());
-    match keep {
-        Some(keep) if !crate::engine::is_condition(keep.as_ref()) => {
-            let at = plan.filter.as_ref().map(position).unwrap_or_default();
-            Err(SqlError::new(
+    let Some(batch) = batches.first() else {
+        return Ok(());
+    };
+    let mut conditions = vec![(KEEP_COLUMN.to_string(), plan.filter.as_ref(), "WHERE")];
+    for (j, join) in plan.joins.iter().enumerate() {
+        conditions.push((on_column(j), join.on.as_ref(), "ON"));
+    }
+    for (column, expr, clause) in conditions {
+        let Some(values) = batch.column_by_name(&column) else {
+            continue;
+        };
+        if !crate::engine::is_condition(values.as_ref()) {
+            let at = expr.map(position).unwrap_or_default();
+            return Err(SqlError::new(
                 at,
                 format!(
-                    "the WHERE condition (with the ON conditions beyond the join keys) is {}, not BOOLEAN",
-                    sql_type_name(keep.data_type())
+                    "the {clause} condition is {}, not BOOLEAN",
+                    sql_type_name(values.data_type())
                 ),
             )
-            .help("write a comparison, for example `e.flag = 1` or `e.flag <> 0`"))
+            .help("write a comparison, for example `e.flag = 1` or `e.flag <> 0`"));
         }
-        _ => Ok(()),
     }
+    Ok(())
 }

@@ -215,6 +215,35 @@ fn split_and(expr: &Expr, out: &mut Vec<Expr>) {
     }
 }
 
+/// Refuses a join keyed on the columns of a LEFT join with ON conditions
+/// beyond its key: where those fail, SQL looks the next source up with NULLs,
+/// which the join walk (that probed with the candidate's values) cannot yet do.
+fn check_conditional_lookups(joins: &[Join], sources: &[Source]) -> Result<(), SqlError> {
+    for j in joins {
+        for (probe, _) in &j.keys {
+            let Some(conditional) = joins
+                .iter()
+                .find(|k| k.source == probe.source && k.on.is_some())
+            else {
+                continue;
+            };
+            let (from, to) = (&sources[conditional.source], &sources[j.source]);
+            return Err(SqlError::new(
+                conditional.on.as_ref().map_or(SqlPosition { line: 1, column: 1 }, |e| at(e.span())),
+                format!(
+                    "`{}` is joined on columns of `{}`, whose LEFT JOIN has conditions beyond its key: not supported yet",
+                    to.alias, from.alias
+                ),
+            )
+            .help(format!(
+                "move the extra conditions on `{}` to WHERE, or make its join INNER",
+                from.alias
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn and_all(mut exprs: Vec<Expr>) -> Option<Expr> {
     let first = if exprs.is_empty() {
         return None;
@@ -316,6 +345,7 @@ impl<'a> Planner<'a> {
             stream_key: Vec::new(),
         };
         self.check_stream_keys(&mut plan)?;
+        check_conditional_lookups(&plan.joins, &self.sources)?;
         plan.sources = self.sources;
         Ok(plan)
     }
@@ -570,7 +600,21 @@ impl<'a> Planner<'a> {
                 self.sources[0].alias, self.sources[source].alias
             )));
         }
-        Ok((Join { source, kind, keys }, residual))
+        // A LEFT join's other conditions decide what matches, not which rows
+        // survive: they stay with the join. An INNER join's are a filter.
+        let on = match kind {
+            JoinKind::Left => and_all(std::mem::take(&mut residual)),
+            JoinKind::Inner => None,
+        };
+        Ok((
+            Join {
+                source,
+                kind,
+                keys,
+                on,
+            },
+            residual,
+        ))
     }
 
     /// Event streams must all join the driving stream on one key.

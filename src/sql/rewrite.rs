@@ -1,6 +1,13 @@
 //! The SQL DuckDB runs over a micro-batch of joined rows: the user's SELECT
 //! list and filter, with every `alias.column` turned into a column of the
 //! batch table.
+//!
+//! A LEFT join with ON conditions beyond its key (`LEFT JOIN c ON o.cid =
+//! c.id AND c.active`) reads its source's columns through those conditions:
+//! where they do not hold, the columns are NULL (the row is NULL-extended),
+//! and a column [`on_column`]`(j)` tells the emission stage which candidate
+//! rows matched, so that a candidate that failed is dropped when another
+//! matched (standard SQL: a NULL-extended row only when nothing matched).
 
 use std::ops::ControlFlow;
 
@@ -14,6 +21,12 @@ pub const ROW_COLUMN: &str = "__kf_row";
 /// Name of the hidden column that carries the filter's verdict.
 pub const KEEP_COLUMN: &str = "__kf_keep";
 
+/// Name of the hidden column that carries whether join `j`'s candidate
+/// passed its ON conditions beyond the key.
+pub fn on_column(j: usize) -> String {
+    format!("__kf_on_{j}")
+}
+
 /// The SQL for one batch shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DuckSql {
@@ -21,6 +34,9 @@ pub struct DuckSql {
     pub text: String,
     /// Whether the result has the [`KEEP_COLUMN`].
     pub has_filter: bool,
+    /// Joins (indices into `plan.joins`) with ON conditions beyond the key,
+    /// in order: each has an [`on_column`] after the filter.
+    pub on_joins: Vec<usize>,
 }
 
 /// The batch column name of a source column: `alias.column`, quoted.
@@ -41,20 +57,30 @@ impl DuckSql {
         let mut items: Vec<String> = plan
             .outputs
             .iter()
-            .map(|o| format!("{} AS {}", rewrite(plan, &o.expr, present), quoted(&o.name)))
+            .map(|o| {
+                let e = rewrite(plan, &o.expr, present, None);
+                format!("{e} AS {}", quoted(&o.name))
+            })
             .collect();
         if let Some(filter) = &plan.filter {
             // The condition as it is: its type must be BOOLEAN (checked when
             // the query is bound and per batch shape); NULL keeps nothing.
-            items.push(format!(
-                "({}) AS {KEEP_COLUMN}",
-                rewrite(plan, filter, present)
-            ));
+            let e = rewrite(plan, filter, present, None);
+            items.push(format!("({e}) AS {KEEP_COLUMN}"));
+        }
+        let mut on_joins = Vec::new();
+        for (j, join) in plan.joins.iter().enumerate() {
+            if let Some(on) = &join.on {
+                let e = rewrite(plan, on, present, Some(join.source));
+                items.push(format!("({e}) AS {}", on_column(j)));
+                on_joins.push(j);
+            }
         }
         items.push(ROW_COLUMN.to_string());
         Self {
             text: format!("SELECT {} FROM {from}", items.join(", ")),
             has_filter: plan.filter.is_some(),
+            on_joins,
         }
     }
 }
@@ -78,14 +104,32 @@ fn resolve(plan: &QueryPlan, expr: &Expr) -> Option<ColumnRef> {
     Some(ColumnRef { source, column })
 }
 
-fn rewrite(plan: &QueryPlan, expr: &Expr, present: &dyn Fn(ColumnRef) -> bool) -> String {
+/// `expr` over the batch columns. The columns of a LEFT join with ON
+/// conditions beyond its key read as NULL where those fail, except those of
+/// `raw` (the source whose conditions are being written).
+fn rewrite(
+    plan: &QueryPlan,
+    expr: &Expr,
+    present: &dyn Fn(ColumnRef) -> bool,
+    raw: Option<usize>,
+) -> String {
     let mut expr = expr.clone();
     let _ = visit_expressions_mut(&mut expr, |e| {
         if let Some(r) = resolve(plan, e) {
-            *e = if present(r) {
-                Expr::Identifier(Ident::with_quote('"', batch_column_name(plan, r)))
-            } else {
+            *e = if !present(r) {
                 Expr::Value(Value::Null.into())
+            } else {
+                let column = Expr::Identifier(Ident::with_quote('"', batch_column_name(plan, r)));
+                match plan.joins.iter().find(|j| j.source == r.source) {
+                    Some(j) if Some(r.source) != raw && j.on.is_some() => {
+                        let on = j.on.as_ref().map_or(String::new(), |on| {
+                            rewrite(plan, on, present, Some(r.source))
+                        });
+                        let text = format!("CASE WHEN ({on}) THEN {column} END");
+                        Expr::Identifier(Ident::new(text))
+                    }
+                    _ => column,
+                }
             };
         }
         ControlFlow::<()>::Continue(())
@@ -101,6 +145,9 @@ pub fn referenced_columns(plan: &QueryPlan) -> Vec<ColumnRef> {
     }
     if let Some(f) = &plan.filter {
         collect_columns(f, &mut exprs);
+    }
+    for on in plan.joins.iter().filter_map(|j| j.on.as_ref()) {
+        collect_columns(on, &mut exprs);
     }
     let mut refs: Vec<_> = exprs.iter().filter_map(|e| resolve(plan, e)).collect();
     refs.sort();

@@ -54,7 +54,11 @@ pub(super) fn describe() {
     );
     describe_counter!(
         "kaflowsql_late_records_total",
-        "Event-stream records already expired on arrival (timestamp + TTL behind the watermark): neither stored nor joined."
+        "Event-stream records already expired on arrival (timestamp + TTL behind their partition's watermark): neither stored nor joined."
+    );
+    describe_counter!(
+        "kaflowsql_null_join_keys_total",
+        "Records with a missing or NULL join key: they match nothing (a LEFT join NULL-extends, an INNER join gives no row), as in SQL."
     );
     describe_counter!("kaflowsql_output_records_total", "Output records produced.");
     describe_counter!(
@@ -135,6 +139,7 @@ pub struct PipelineMetrics {
     state_bytes: Gauge,
     state_evictions: Counter,
     late_records: Counter,
+    null_join_keys: Counter,
     output_records: Counter,
     dlq_records: Counter,
     smart_timeouts_dropped: Counter,
@@ -181,6 +186,7 @@ impl PipelineMetrics {
             state_bytes: gauge!("kaflowsql_state_size_bytes", &l),
             state_evictions: counter!("kaflowsql_state_evictions_total", &l),
             late_records: counter!("kaflowsql_late_records_total", &l),
+            null_join_keys: counter!("kaflowsql_null_join_keys_total", &l),
             output_records: counter!("kaflowsql_output_records_total", &l),
             dlq_records: counter!("kaflowsql_dlq_records_total", &l),
             smart_timeouts_dropped: counter!("kaflowsql_smart_timeouts_dropped_total", &l),
@@ -290,6 +296,7 @@ impl PipelineMetrics {
         }
         self.state_evictions.absolute(s.evictions);
         self.late_records.absolute(s.late);
+        self.null_join_keys.absolute(s.null_keys);
         self.smart_timeouts_dropped.absolute(s.timeouts_dropped);
         self.smart_timeouts_emitted.absolute(s.timeouts_emitted);
         self.smart_held.set(engine.held() as f64);
