@@ -11,7 +11,7 @@ mod rewrite;
 
 pub use bind::bind;
 pub(crate) use bind::sql_type_name;
-pub use plan::plan_query;
+pub use plan::{plan_query, plan_query_with, Declared};
 pub use rewrite::{
     batch_column_name, on_column, referenced_columns, DuckSql, KEEP_COLUMN, ROW_COLUMN,
 };

@@ -240,3 +240,52 @@ fn a_lookup_keyed_on_a_conditional_left_join_is_refused() {
     assert!(err.contains("not supported yet"), "{err}");
     assert!(err.contains("move the extra conditions"), "{err}");
 }
+
+/// Issue #16, reproduction 5: an unqualified column names the one source
+/// that declares it; two declaring it is an error that names both.
+#[test]
+fn unqualified_columns_resolve_through_declared_columns() {
+    let text = |select: &str| {
+        format!(
+            "name: t
+query: |
+  SELECT {select} FROM orders o LEFT JOIN customers c ON o.customer_id = c.customer_id
+output:
+  topic: out
+state:
+  dimensions: [customers]
+sources:
+  orders:
+    columns: {{ order_id: VARCHAR, customer_id: VARCHAR, amount: DOUBLE }}
+  customers:
+    columns: {{ customer_id: VARCHAR, name: VARCHAR }}
+"
+        )
+    };
+    let p = Pipeline::parse(Path::new("t.yaml"), &text("order_id, amount, name")).unwrap();
+    let out = values(
+        &p,
+        &[
+            ("customers", "c1", r#"{"customer_id":"c1","name":"Ada"}"#),
+            (
+                "orders",
+                "o1",
+                r#"{"order_id":"o1","customer_id":"c1","amount":2.5}"#,
+            ),
+        ],
+    );
+    assert_eq!(
+        out,
+        [serde_json::json!({"order_id":"o1","amount":2.5,"name":"Ada"})]
+    );
+    let err = Pipeline::parse(Path::new("t.yaml"), &text("customer_id"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ambiguous"), "{err}");
+    assert!(err.contains("o.customer_id or c.customer_id"), "{err}");
+    let err = Pipeline::parse(Path::new("t.yaml"), &text("region"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no source declares it"), "{err}");
+    assert!(err.contains("t.yaml:3:"), "file, line and column: {err}");
+}

@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Distinct, Expr, GroupByExpr, Join as AstJoin, JoinConstraint, JoinOperator,
-    ObjectNamePart, Query, Select, SelectItem, SetExpr, Spanned, Statement, TableFactor,
-    TableWithJoins, Visit, Visitor,
+    visit_expressions_mut, BinaryOperator, Distinct, Expr, GroupByExpr, Join as AstJoin,
+    JoinConstraint, JoinOperator, ObjectNamePart, Query, Select, SelectItem, SetExpr, Spanned,
+    Statement, TableFactor, TableWithJoins, Visit, Visitor,
 };
 use sqlparser::dialect::DuckDbDialect;
 use sqlparser::parser::{Parser, ParserError};
@@ -51,6 +51,20 @@ fn at(span: Span) -> SqlPosition {
 
 /// Plans `sql`; `dimensions` lists the topics that are reference tables.
 pub fn plan_query(sql: &str, dimensions: &[String]) -> Result<QueryPlan, SqlError> {
+    plan_query_with(sql, dimensions, &Declared::new())
+}
+
+/// The columns each topic declares (`sources.<topic>.columns`), by topic.
+pub type Declared = std::collections::BTreeMap<String, Vec<String>>;
+
+/// [`plan_query`], where an unqualified column names the one source whose
+/// topic declares it in `declared` (as SQL resolves an unqualified column
+/// against the tables' schemas).
+pub fn plan_query_with(
+    sql: &str,
+    dimensions: &[String],
+    declared: &Declared,
+) -> Result<QueryPlan, SqlError> {
     let statements = Parser::parse_sql(&DuckDbDialect {}, sql).map_err(parse_error)?;
     let statement = match statements.as_slice() {
         [one] => one,
@@ -73,7 +87,7 @@ pub fn plan_query(sql: &str, dimensions: &[String]) -> Result<QueryPlan, SqlErro
         .help("write SELECT ... FROM stream [JOIN other ON ...] [WHERE ...]"));
     };
     let select = check_query_shape(query)?;
-    Planner::new(dimensions).plan(select)
+    Planner::new(dimensions, declared).plan(select)
 }
 
 fn parse_error(err: ParserError) -> SqlError {
@@ -187,6 +201,7 @@ fn check_query_shape(query: &Query) -> Result<&Select, SqlError> {
 
 struct Planner<'a> {
     dimensions: &'a [String],
+    declared: &'a Declared,
     sources: Vec<Source>,
     source_spans: Vec<Span>,
 }
@@ -258,9 +273,10 @@ fn and_all(mut exprs: Vec<Expr>) -> Option<Expr> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(dimensions: &'a [String]) -> Self {
+    fn new(dimensions: &'a [String], declared: &'a Declared) -> Self {
         Self {
             dimensions,
+            declared,
             sources: Vec::new(),
             source_spans: Vec::new(),
         }
@@ -320,6 +336,7 @@ impl<'a> Planner<'a> {
                 }
             };
             self.check_expr(&expr)?;
+            let expr = self.qualified(&expr);
             if !names.insert(name.clone()) {
                 return Err(SqlError::new(
                     at(item.span()),
@@ -334,7 +351,7 @@ impl<'a> Planner<'a> {
         }
         if let Some(selection) = &select.selection {
             self.check_expr(selection)?;
-            filters.push(selection.clone());
+            filters.push(self.qualified(selection));
         }
         let filter = and_all(filters);
         let mut plan = QueryPlan {
@@ -446,19 +463,7 @@ impl<'a> Planner<'a> {
                     ))
                 })?,
             None if self.sources.len() == 1 => 0,
-            None => {
-                return Err(SqlError::new(
-                    at(name.span),
-                    format!(
-                        "the column `{}` is not qualified with its source",
-                        name.value
-                    ),
-                )
-                .help(format!(
-                    "write it as <source>.{}, for example {}.{}",
-                    name.value, self.sources[0].alias, name.value
-                )))
-            }
+            None => self.declaring(name)?,
         };
         let columns = &mut self.sources[source].columns;
         let column = match columns.iter().position(|c| c == &name.value) {
@@ -469,6 +474,65 @@ impl<'a> Planner<'a> {
             }
         };
         Ok(Some(ColumnRef { source, column }))
+    }
+
+    /// `expr` with every unqualified column of a query over several sources
+    /// written `alias.column` (the source that declares it: checked by
+    /// [`Planner::check_expr`] before), as every later stage reads columns.
+    fn qualified(&self, expr: &Expr) -> Expr {
+        let mut expr = expr.clone();
+        if self.sources.len() > 1 {
+            let _ = visit_expressions_mut(&mut expr, |e| {
+                if let Expr::Identifier(name) = e {
+                    if let Ok(s) = self.declaring(name) {
+                        let alias = sqlparser::ast::Ident::new(self.sources[s].alias.clone());
+                        *e = Expr::CompoundIdentifier(vec![alias, name.clone()]);
+                    }
+                }
+                ControlFlow::<()>::Continue(())
+            });
+        }
+        expr
+    }
+
+    /// The one source whose topic declares column `name`, for an
+    /// unqualified column of a query over several sources.
+    fn declaring(&self, name: &sqlparser::ast::Ident) -> Result<usize, SqlError> {
+        let declares: Vec<usize> = (0..self.sources.len())
+            .filter(|&s| {
+                self.declared
+                    .get(&self.sources[s].topic)
+                    .is_some_and(|cols| cols.contains(&name.value))
+            })
+            .collect();
+        let aliases = |list: &[usize]| {
+            list.iter()
+                .map(|&s| format!("{}.{}", self.sources[s].alias, name.value))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        match declares.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(SqlError::new(
+                at(name.span),
+                format!(
+                    "the column `{}` is not qualified with its source, and no source declares it",
+                    name.value
+                ),
+            )
+            .help(format!(
+                "write it as <source>.{}, for example {}.{}, or declare it under sources.<topic>.columns",
+                name.value, self.sources[0].alias, name.value
+            ))),
+            many => Err(SqlError::new(
+                at(name.span),
+                format!(
+                    "the column `{}` is ambiguous: more than one source declares it",
+                    name.value
+                ),
+            )
+            .help(format!("write {}", aliases(many)))),
+        }
     }
 
     /// Refuses subqueries, aggregates and window functions; records every column used.
@@ -563,6 +627,7 @@ impl<'a> Planner<'a> {
         };
         let source = self.add_source(&join.relation)?;
         self.check_expr(on)?;
+        let on = &self.qualified(on);
         let mut conjuncts = Vec::new();
         split_and(on, &mut conjuncts);
         let mut keys = Vec::new();

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::codec::ColumnType;
 use crate::config::{ConfigError, Diagnostic, Diagnostics, Locations, Position};
-use crate::sql::{plan_query, QueryPlan, Role, SqlError};
+use crate::sql::{plan_query_with, QueryPlan, Role, SqlError};
 
 pub(super) struct Validator<'a> {
     pub(super) file: &'a Path,
@@ -102,7 +102,13 @@ impl Validator<'_> {
                 "use letters, digits, `.`, `_` and `-` (it names the consumer group and the DLQ topic)",
             );
         }
-        let plan = match plan_query(&raw.query, &raw.state.dimensions) {
+        // Declared columns resolve unqualified column names (one source each).
+        let declared: crate::sql::Declared = raw
+            .sources
+            .iter()
+            .map(|(topic, spec)| (topic.clone(), spec.columns.keys().cloned().collect()))
+            .collect();
+        let plan = match plan_query_with(&raw.query, &raw.state.dimensions, &declared) {
             Ok(plan) => Some(plan),
             Err(e) => {
                 self.sql_problem(e);
