@@ -324,16 +324,24 @@ impl Engine {
         }
         let groups = std::mem::take(&mut self.batch.groups);
         let mut rows = std::mem::take(&mut self.batch.rows);
-        let count = groups.last().map_or(0, |g| g.rows.end);
-        let result = match self.evaluate(&rows, count) {
-            Ok(r) => r,
-            Err(e) => {
-                self.batch.rows = rows;
-                self.batch.groups = groups;
-                return Err(e);
-            }
-        };
-        self.decide(&groups, &rows, result, out)?;
+        let stride = self.plan.sources.len();
+        let columns = self.batch_columns();
+        for (range, columns) in evaluate::segments(&columns, &groups, &rows, stride) {
+            let first = groups[range.start].rows.start;
+            let end = groups[range.end - 1].rows.end;
+            let part = &rows[first * stride..end * stride];
+            let part_groups: Vec<join::Group> =
+                groups[range].iter().map(|g| g.shifted(first)).collect();
+            let result = match self.evaluate(part, end - first, &columns) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.batch.rows = rows;
+                    self.batch.groups = groups;
+                    return Err(e);
+                }
+            };
+            self.decide(&part_groups, part, result, out)?;
+        }
         rows.clear();
         self.batch.rows = rows;
         self.stats.batches += 1;
@@ -345,7 +353,15 @@ impl Engine {
         &mut self,
         rows: &[Option<Arc<Event>>],
         count: usize,
+        columns: &[BatchColumn],
     ) -> Result<Option<Evaluated>, EngineError> {
+        let result = self.evaluation.run(&self.plan, columns, rows, count);
+        self.stats.sql_nanos = self.evaluation.sql_nanos;
+        result
+    }
+
+    /// The batch's columns: every column the query reads, with its type now.
+    fn batch_columns(&self) -> Vec<BatchColumn> {
         let mut columns = Vec::new();
         for (s, src) in self.plan.sources.iter().enumerate() {
             let schema = &self.topics.get(self.sources[s].topic).schema;
@@ -358,11 +374,10 @@ impl Engine {
                     },
                     topic_column,
                     ty: schema.column_type(topic_column),
+                    inferred: !schema.is_declared(topic_column),
                 });
             }
         }
-        let result = self.evaluation.run(&self.plan, &columns, rows, count);
-        self.stats.sql_nanos = self.evaluation.sql_nanos;
-        result
+        columns
     }
 }

@@ -289,3 +289,41 @@ sources:
     assert!(err.contains("no source declares it"), "{err}");
     assert!(err.contains("t.yaml:3:"), "file, line and column: {err}");
 }
+
+/// Issue #16, reproduction 7: the same input gives byte-identical output
+/// whatever the micro-batch size; an integer stays an integer in an
+/// inferred number column that also holds decimals.
+#[test]
+fn output_does_not_depend_on_where_micro_batches_are_cut() {
+    let p = pipeline(
+        "SELECT o.order_id, o.qty, o.qty * 2 AS twice FROM orders o",
+        &[],
+    );
+    let p = Pipeline {
+        output: kaflowsql::config::Output {
+            key: Some(1),
+            ..p.output.clone()
+        },
+        ..p
+    };
+    let input = records(&[
+        ("orders", "o1", r#"{"order_id":"o1","qty":2}"#),
+        ("orders", "o5", r#"{"order_id":"o5","qty":2.5}"#),
+        ("orders", "o6", r#"{"order_id":"o6","qty":3}"#),
+    ]);
+    let mut outputs = Vec::new();
+    for batch in [1, 2, 4096] {
+        let mut engine = Engine::new(&p).unwrap().with_batch_rows(batch);
+        outputs.push(run(&mut engine, &input).unwrap().lines);
+    }
+    assert_eq!(outputs[0], outputs[1], "batches of 1 and 2");
+    assert_eq!(outputs[0], outputs[2], "batches of 1 and 4096");
+    assert_eq!(
+        outputs[0],
+        [
+            r#"{"key":"2","value":{"order_id":"o1","qty":2,"twice":4}}"#,
+            r#"{"key":"2.5","value":{"order_id":"o5","qty":2.5,"twice":5.0}}"#,
+            r#"{"key":"3","value":{"order_id":"o6","qty":3,"twice":6}}"#,
+        ]
+    );
+}

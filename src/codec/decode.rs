@@ -116,6 +116,11 @@ impl TopicSchema {
         self.columns.iter().position(|c| c == name)
     }
 
+    /// Whether column `column`'s type is declared (else inferred from values).
+    pub fn is_declared(&self, column: usize) -> bool {
+        self.declared.get(column).copied().unwrap_or(false)
+    }
+
     /// The type of a column, if declared or seen.
     pub fn column_type(&self, column: usize) -> Option<ColumnType> {
         self.types.get(column).copied().flatten()
@@ -193,9 +198,12 @@ impl TopicSchema {
             match self.types[i] {
                 None => changes.push((i, found)),
                 Some(t) if t == found => {}
+                // A declared DOUBLE holds doubles; an inferred one keeps each
+                // integer as it is, so a record prints the same JSON whatever
+                // else shares its micro-batch (see the evaluation stage).
                 Some(ColumnType::Double) if found == ColumnType::BigInt => {
-                    if let Value::Int(n) = *v {
-                        *v = Value::Float(n as f64);
+                    if let (true, Value::Int(n)) = (self.declared[i], &*v) {
+                        *v = Value::Float(*n as f64);
                     }
                 }
                 Some(ColumnType::BigInt) if found == ColumnType::Double && !self.declared[i] => {
@@ -405,7 +413,11 @@ mod tests {
         let e = s
             .decode(0, 0, 2, 0, None, br#"{"id":"a","amount":2}"#)
             .unwrap();
-        assert_eq!(e.values[1], Value::Float(2.0));
+        assert_eq!(
+            e.values[1],
+            Value::Int(2),
+            "an inferred DOUBLE keeps an integer as it is"
+        );
         let err = s
             .decode(0, 0, 3, 0, None, br#"{"id":"a","amount":"lots"}"#)
             .unwrap_err();

@@ -14,6 +14,7 @@
 //! about data and stops the pipeline.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +27,7 @@ use duckdb::arrow::datatypes::{DataType, Field, Schema, UInt32Type};
 use duckdb::arrow::error::ArrowError;
 use duckdb::arrow::record_batch::RecordBatch;
 
+use super::join::Group;
 use super::EngineError;
 use crate::codec::{ColumnType, Event, Value};
 use crate::eval::{EvalError, Evaluator};
@@ -42,6 +44,58 @@ pub(super) struct BatchColumn {
     pub(super) topic_column: usize,
     /// Its SQL type in this batch.
     pub(super) ty: Option<ColumnType>,
+    /// Whether the type was inferred from values (not declared).
+    pub(super) inferred: bool,
+}
+
+/// Consecutive groups of the batch that are evaluated together, each with
+/// the column types it is evaluated with.
+///
+/// An inferred DOUBLE column keeps integers as they came; a group whose
+/// values in such a column are all integers (or NULL) is evaluated with it
+/// as BIGINT, so a record prints `2`, never `2.0`, whatever else shares its
+/// micro-batch. A group is never split (its rows are enumerated by one
+/// arrival, within one batch), so its output does not depend on where
+/// batches are cut. Without such columns the batch is one segment.
+pub(super) fn segments(
+    columns: &[BatchColumn],
+    groups: &[Group],
+    rows: &[Option<Arc<Event>>],
+    stride: usize,
+) -> Vec<(Range<usize>, Vec<BatchColumn>)> {
+    let narrow: Vec<usize> = (0..columns.len())
+        .filter(|&c| columns[c].inferred && columns[c].ty == Some(ColumnType::Double))
+        .collect();
+    if narrow.is_empty() {
+        return vec![(0..groups.len(), columns.to_vec())];
+    }
+    let mut out: Vec<(Range<usize>, Vec<BatchColumn>)> = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        let mut types = columns.to_vec();
+        for &c in &narrow {
+            let col = columns[c];
+            let (mut ints, mut others) = (false, false);
+            for r in g.rows.clone() {
+                match rows[r * stride + col.column.source]
+                    .as_ref()
+                    .map(|e| &e.values[col.topic_column])
+                {
+                    Some(Value::Int(_)) => ints = true,
+                    Some(Value::Null) | None => {}
+                    Some(_) => others = true,
+                }
+            }
+            if ints && !others {
+                types[c].ty = Some(ColumnType::BigInt);
+            }
+        }
+        let same = |a: &[BatchColumn]| a.iter().zip(&types).all(|(x, y)| x.ty == y.ty);
+        match out.last_mut() {
+            Some((range, last)) if same(last) => range.end = i + 1,
+            _ => out.push((i..i + 1, types)),
+        }
+    }
+    out
 }
 
 /// What DuckDB made of a batch.
@@ -414,6 +468,7 @@ mod tests {
             },
             topic_column: 0,
             ty: Some(ty),
+            inferred: false,
         }];
         let rows: Vec<Option<Arc<Event>>> = values
             .iter()

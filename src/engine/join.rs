@@ -67,6 +67,19 @@ pub(super) struct Group {
     pub(super) rows: Range<usize>,
 }
 
+impl Group {
+    /// The same group with its row indices `by` rows earlier (a segment of
+    /// the batch evaluated on its own).
+    pub(super) fn shifted(&self, by: usize) -> Group {
+        Group {
+            kind: self.kind,
+            driving: self.driving,
+            trigger: self.trigger,
+            rows: self.rows.start - by..self.rows.end - by,
+        }
+    }
+}
+
 /// The micro-batch being built: joined rows (one slot per source of the
 /// query, so `rows.len() / sources` rows) and the groups that own them.
 #[derive(Debug, Default)]
