@@ -324,28 +324,58 @@ impl Engine {
         }
         let groups = std::mem::take(&mut self.batch.groups);
         let mut rows = std::mem::take(&mut self.batch.rows);
-        let stride = self.plan.sources.len();
         let columns = self.batch_columns();
-        for (range, columns) in evaluate::segments(&columns, &groups, &rows, stride) {
-            let first = groups[range.start].rows.start;
-            let end = groups[range.end - 1].rows.end;
-            let part = &rows[first * stride..end * stride];
-            let part_groups: Vec<join::Group> =
-                groups[range].iter().map(|g| g.shifted(first)).collect();
-            let result = match self.evaluate(part, end - first, &columns) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.batch.rows = rows;
-                    self.batch.groups = groups;
-                    return Err(e);
-                }
-            };
-            self.decide(&part_groups, part, result, out)?;
+        let classes = evaluate::classes(&columns, &groups, &rows, self.plan.sources.len());
+        let decided = if classes.types.len() == 1 {
+            let count = groups.last().map_or(0, |g| g.rows.end);
+            self.evaluate(&rows, count, &classes.types[0])
+                .and_then(|r| self.decide(&groups, &rows, r.as_ref(), out))
+        } else {
+            self.decide_by_class(&groups, &rows, &classes, out)
+        };
+        if let Err(e) = decided {
+            self.batch.rows = rows;
+            self.batch.groups = groups;
+            return Err(e);
         }
         rows.clear();
         self.batch.rows = rows;
         self.stats.batches += 1;
         self.write_state()
+    }
+
+    /// Evaluates each class of the batch once, then decides the groups in
+    /// their order, each with its class's result.
+    fn decide_by_class(
+        &mut self,
+        groups: &[join::Group],
+        rows: &[Option<Arc<Event>>],
+        classes: &evaluate::Classes,
+        out: &mut Outputs,
+    ) -> Result<(), EngineError> {
+        let stride = self.plan.sources.len();
+        let mut parts = Vec::new();
+        for (k, columns) in classes.types.iter().enumerate() {
+            let mut part_rows = Vec::new();
+            let mut part_groups = Vec::new();
+            for (g, _) in groups.iter().zip(&classes.of).filter(|(_, &c)| c == k) {
+                part_groups.push(g.moved(part_rows.len() / stride));
+                part_rows.extend_from_slice(&rows[g.rows.start * stride..g.rows.end * stride]);
+            }
+            let result = self.evaluate(&part_rows, part_rows.len() / stride, columns)?;
+            parts.push((part_rows, part_groups, result, 0usize));
+        }
+        let mut i = 0;
+        while i < groups.len() {
+            let k = classes.of[i];
+            let run = classes.of[i..].iter().take_while(|&&c| c == k).count();
+            let (part_rows, part_groups, result, next) = &mut parts[k];
+            let decided = &part_groups[*next..*next + run];
+            self.decide(decided, part_rows, result.as_ref(), out)?;
+            *next += run;
+            i += run;
+        }
+        Ok(())
     }
 
     /// Runs the evaluation stage over the first `count` rows of `rows`.

@@ -123,12 +123,12 @@ impl Engine {
         &mut self,
         groups: &[Group],
         rows: &[Option<Arc<Event>>],
-        result: Option<Evaluated>,
+        result: Option<&Evaluated>,
         out: &mut Outputs,
     ) -> Result<(), EngineError> {
         let stride = self.plan.sources.len();
         let mut picks = Picks::default();
-        if let Some(ev) = result.as_ref().filter(|ev| !ev.on.is_empty()) {
+        if let Some(ev) = result.filter(|ev| !ev.on.is_empty()) {
             let sources: Vec<usize> = ev
                 .on
                 .iter()
@@ -138,7 +138,7 @@ impl Engine {
         }
         let mut dead: Vec<Origin> = Vec::new();
         for g in groups {
-            let failure = result.as_ref().and_then(|ev| {
+            let failure = result.and_then(|ev| {
                 g.rows
                     .clone()
                     .find_map(|r| ev.failure(r).map(str::to_string))
@@ -153,7 +153,7 @@ impl Engine {
                     }
                 }
             }
-            self.pick(g, result.as_ref(), failure.is_some(), &mut picks);
+            self.pick(g, result, failure.is_some(), &mut picks);
         }
         let Some(ev) = result else { return Ok(()) };
         if picks.positions.is_empty() {

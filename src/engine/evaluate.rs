@@ -14,7 +14,6 @@
 //! about data and stops the pipeline.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,31 +47,43 @@ pub(super) struct BatchColumn {
     pub(super) inferred: bool,
 }
 
-/// Consecutive groups of the batch that are evaluated together, each with
-/// the column types it is evaluated with.
+/// The groups of a batch that are evaluated together, with the column types
+/// they are evaluated with; `of[g]` is group `g`'s class.
 ///
 /// An inferred DOUBLE column keeps integers as they came; a group whose
 /// values in such a column are all integers (or NULL) is evaluated with it
 /// as BIGINT, so a record prints `2`, never `2.0`, whatever else shares its
 /// micro-batch. A group is never split (its rows are enumerated by one
 /// arrival, within one batch), so its output does not depend on where
-/// batches are cut. Without such columns the batch is one segment.
-pub(super) fn segments(
+/// batches are cut. Without such columns there is one class; with them,
+/// one DuckDB call per class (not per change along the batch).
+pub(super) struct Classes {
+    pub(super) types: Vec<Vec<BatchColumn>>,
+    pub(super) of: Vec<usize>,
+}
+
+pub(super) fn classes(
     columns: &[BatchColumn],
     groups: &[Group],
     rows: &[Option<Arc<Event>>],
     stride: usize,
-) -> Vec<(Range<usize>, Vec<BatchColumn>)> {
+) -> Classes {
     let narrow: Vec<usize> = (0..columns.len())
         .filter(|&c| columns[c].inferred && columns[c].ty == Some(ColumnType::Double))
         .collect();
+    let mut out = Classes {
+        types: vec![columns.to_vec()],
+        of: vec![0; groups.len()],
+    };
     if narrow.is_empty() {
-        return vec![(0..groups.len(), columns.to_vec())];
+        return out;
     }
-    let mut out: Vec<(Range<usize>, Vec<BatchColumn>)> = Vec::new();
+    // Each class is a mask of the narrow columns evaluated as BIGINT (the
+    // first 64 narrow columns; more stay DOUBLE).
+    let mut masks: Vec<u64> = Vec::new();
     for (i, g) in groups.iter().enumerate() {
-        let mut types = columns.to_vec();
-        for &c in &narrow {
+        let mut mask = 0u64;
+        for (bit, &c) in narrow.iter().enumerate().take(64) {
             let col = columns[c];
             let (mut ints, mut others) = (false, false);
             for r in g.rows.clone() {
@@ -86,15 +97,29 @@ pub(super) fn segments(
                 }
             }
             if ints && !others {
-                types[c].ty = Some(ColumnType::BigInt);
+                mask |= 1 << bit;
             }
         }
-        let same = |a: &[BatchColumn]| a.iter().zip(&types).all(|(x, y)| x.ty == y.ty);
-        match out.last_mut() {
-            Some((range, last)) if same(last) => range.end = i + 1,
-            _ => out.push((i..i + 1, types)),
-        }
+        out.of[i] = match masks.iter().position(|&m| m == mask) {
+            Some(k) => k,
+            None => {
+                masks.push(mask);
+                masks.len() - 1
+            }
+        };
     }
+    out.types = masks
+        .iter()
+        .map(|&mask| {
+            let mut types = columns.to_vec();
+            for (bit, &c) in narrow.iter().enumerate().take(64) {
+                if mask & (1 << bit) != 0 {
+                    types[c].ty = Some(ColumnType::BigInt);
+                }
+            }
+            types
+        })
+        .collect();
     out
 }
 
@@ -457,6 +482,60 @@ mod tests {
             key: None,
             values: values.into_boxed_slice(),
         })
+    }
+
+    /// Groups alternating integers and decimals in an inferred DOUBLE
+    /// column make two classes (two DuckDB calls), not one per change.
+    #[test]
+    fn groups_are_evaluated_in_one_class_per_column_types() {
+        use super::super::join::{Group, GroupKind};
+        use super::super::Origin;
+        let column = BatchColumn {
+            column: ColumnRef {
+                source: 0,
+                column: 0,
+            },
+            topic_column: 0,
+            ty: Some(ColumnType::Double),
+            inferred: true,
+        };
+        let values = [
+            Value::Int(2),
+            Value::Float(2.5),
+            Value::Int(3),
+            Value::Null,
+            Value::Float(1.5),
+        ];
+        let rows: Vec<Option<Arc<Event>>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Some(event(i as i64, vec![v.clone()])))
+            .collect();
+        let origin = Origin {
+            topic: 0,
+            partition: 0,
+            offset: 0,
+        };
+        let groups: Vec<Group> = (0..values.len())
+            .map(|i| Group {
+                kind: GroupKind::Emit,
+                driving: origin,
+                trigger: origin,
+                rows: i..i + 1,
+            })
+            .collect();
+        let c = classes(&[column], &groups, &rows, 1);
+        assert_eq!(
+            c.types.len(),
+            2,
+            "BIGINT and DOUBLE (all-NULL stays DOUBLE)"
+        );
+        assert_eq!(c.of, [0, 1, 0, 1, 1]);
+        let declared = BatchColumn {
+            inferred: false,
+            ..column
+        };
+        assert_eq!(classes(&[declared], &groups, &rows, 1).types.len(), 1);
     }
 
     fn run(sql: &str, ty: ColumnType, values: &[Value]) -> Evaluated {

@@ -68,14 +68,14 @@ pub(super) struct Group {
 }
 
 impl Group {
-    /// The same group with its row indices `by` rows earlier (a segment of
+    /// The same group with its rows moved to start at row `at` (a class of
     /// the batch evaluated on its own).
-    pub(super) fn shifted(&self, by: usize) -> Group {
+    pub(super) fn moved(&self, at: usize) -> Group {
         Group {
             kind: self.kind,
             driving: self.driving,
             trigger: self.trigger,
-            rows: self.rows.start - by..self.rows.end - by,
+            rows: at..at + self.rows.len(),
         }
     }
 }
