@@ -327,3 +327,54 @@ fn output_does_not_depend_on_where_micro_batches_are_cut() {
         ]
     );
 }
+
+/// Issue #16, reproduction 3: `o.*` keeps the event and adds the
+/// enrichment; `*` names every source's declared columns in their order,
+/// and a name brought twice gets a number, as in Flink (Calcite).
+#[test]
+fn star_expands_to_the_declared_columns_in_their_order() {
+    let text = |select: &str| {
+        format!(
+            "name: t
+query: |
+  SELECT {select} FROM orders o LEFT JOIN customers c ON o.customer_id = c.customer_id
+output:
+  topic: out
+state:
+  dimensions: [customers]
+sources:
+  orders:
+    columns: {{ order_id: VARCHAR, customer_id: VARCHAR, amount: DOUBLE }}
+  customers:
+    columns: {{ customer_id: VARCHAR, name: VARCHAR }}
+"
+        )
+    };
+    let input = [
+        ("customers", "c1", r#"{"customer_id":"c1","name":"Ada"}"#),
+        (
+            "orders",
+            "o1",
+            r#"{"order_id":"o1","customer_id":"c1","amount":2.5,"note":"x"}"#,
+        ),
+    ];
+    let p = Pipeline::parse(Path::new("t.yaml"), &text("o.*, c.name")).unwrap();
+    let names: Vec<&str> = p.plan.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["order_id", "customer_id", "amount", "name"]);
+    assert_eq!(
+        values(&p, &input),
+        [serde_json::json!({"order_id":"o1","customer_id":"c1","amount":2.5,"name":"Ada"})]
+    );
+    let all = Pipeline::parse(Path::new("t.yaml"), &text("*")).unwrap();
+    let names: Vec<&str> = all.plan.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["order_id", "customer_id", "amount", "customer_id0", "name"]
+    );
+    let undeclared = "name: t\nquery: |\n  SELECT e.* FROM events e\noutput:\n  topic: out\n";
+    let err = Pipeline::parse(Path::new("t.yaml"), undeclared)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs the columns of `events`"), "{err}");
+    assert!(err.contains("sources.events.columns"), "{err}");
+}

@@ -134,9 +134,10 @@ struct RawSource {
     /// Column holding event time (epoch ms or RFC 3339); default: the Kafka timestamp.
     #[serde(default)]
     timestamp: Option<String>,
-    /// Declared column types; undeclared columns are inferred.
+    /// Declared column types, in their order (`alias.*` lists them so);
+    /// undeclared columns are inferred.
     #[serde(default)]
-    columns: BTreeMap<String, String>,
+    columns: indexmap::IndexMap<String, String>,
 }
 
 /// Where and how results are written.

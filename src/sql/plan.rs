@@ -5,8 +5,9 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     visit_expressions_mut, BinaryOperator, Distinct, Expr, GroupByExpr, Join as AstJoin,
-    JoinConstraint, JoinOperator, ObjectNamePart, Query, Select, SelectItem, SetExpr, Spanned,
-    Statement, TableFactor, TableWithJoins, Visit, Visitor,
+    JoinConstraint, JoinOperator, ObjectNamePart, Query, Select, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, Spanned, Statement, TableFactor, TableWithJoins,
+    Visit, Visitor,
 };
 use sqlparser::dialect::DuckDbDialect;
 use sqlparser::parser::{Parser, ParserError};
@@ -328,11 +329,23 @@ impl<'a> Planner<'a> {
                 }
                 SelectItem::ExprWithAlias { expr, alias } => (alias.value.clone(), expr.clone()),
                 SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                    return Err(SqlError::new(
-                        at(item.span()),
-                        "`*` is not supported: sources have no fixed schema to expand",
-                    )
-                    .help("list the output columns, for example SELECT e.user_id, p.plan"))
+                    for (name, expr) in self.expand(item)? {
+                        self.check_expr(&expr)?;
+                        // As Flink (Calcite) does: a name `*` brings twice gets a number.
+                        let name = (0..)
+                            .map(|n| {
+                                if n == 0 {
+                                    name.clone()
+                                } else {
+                                    format!("{name}{}", n - 1)
+                                }
+                            })
+                            .find(|n| !names.contains(n))
+                            .unwrap_or_default();
+                        names.insert(name.clone());
+                        outputs.push(OutputColumn { name, expr });
+                    }
+                    continue;
                 }
             };
             self.check_expr(&expr)?;
@@ -493,6 +506,55 @@ impl<'a> Planner<'a> {
             });
         }
         expr
+    }
+
+    /// The columns `*` (every source's) or `alias.*` stands for: the declared
+    /// columns of the source's topic, in their order.
+    fn expand(&self, item: &SelectItem) -> Result<Vec<(String, Expr)>, SqlError> {
+        let span = item.span();
+        let sources: Vec<usize> = match item {
+            SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
+                let alias = name.to_string();
+                let s = self
+                    .sources
+                    .iter()
+                    .position(|s| s.alias == alias)
+                    .ok_or_else(|| {
+                        SqlError::new(at(span), format!("`{alias}` is not a source of this query"))
+                    })?;
+                vec![s]
+            }
+            SelectItem::Wildcard(_) => (0..self.sources.len()).collect(),
+            _ => {
+                return Err(SqlError::new(at(span), "this `*` form is not supported")
+                    .help("write alias.* or list the columns"))
+            }
+        };
+        let mut out = Vec::new();
+        for s in sources {
+            let source = &self.sources[s];
+            let Some(columns) = self.declared.get(&source.topic).filter(|c| !c.is_empty()) else {
+                return Err(SqlError::new(
+                    at(span),
+                    format!(
+                        "`{}.*` needs the columns of `{}`: records are JSON without a schema",
+                        source.alias, source.topic
+                    ),
+                )
+                .help(format!(
+                    "declare them under sources.{}.columns (name: TYPE, in the order you want them), or list them",
+                    source.topic
+                )));
+            };
+            for c in columns {
+                let expr = Expr::CompoundIdentifier(vec![
+                    sqlparser::ast::Ident::new(source.alias.clone()),
+                    sqlparser::ast::Ident::new(c.clone()),
+                ]);
+                out.push((c.clone(), expr));
+            }
+        }
+        Ok(out)
     }
 
     /// The one source whose topic declares column `name`, for an
