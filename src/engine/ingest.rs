@@ -387,33 +387,6 @@ state:
         assert_eq!(e.stats().null_keys, 2);
     }
 
-    /// A dimension record whose join column becomes NULL (or disappears)
-    /// stops matching: its previous version is gone, not kept.
-    #[test]
-    fn a_dimension_update_to_a_null_key_removes_the_old_match() {
-        let mut e = engine();
-        let rows = lines(
-            &mut e,
-            &[
-                ("devices", "k1", r#"{"device":"d1","name":"pump"}"#),
-                ("events", "e1", r#"{"id":"e1","device":"d1"}"#),
-                ("devices", "k1", r#"{"device":null,"name":"pump"}"#),
-                ("events", "e2", r#"{"id":"e2","device":"d1"}"#),
-                ("devices", "k1", r#"{"device":"d1","name":"valve"}"#),
-                ("devices", "k1", r#"{"name":"valve"}"#),
-                ("events", "e3", r#"{"id":"e3","device":"d1"}"#),
-            ],
-        );
-        assert_eq!(
-            rows,
-            [
-                r#"{"id":"e1","name":"pump"}"#,
-                r#"{"id":"e2","name":null}"#,
-                r#"{"id":"e3","name":null}"#
-            ]
-        );
-    }
-
     /// A record whose dimension match is on disk, where the read fails:
     /// the push fails (the pipeline stops before committing), and no row is
     /// written without the match.

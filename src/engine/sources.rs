@@ -62,6 +62,27 @@ impl super::Engine {
         key: &[u8],
         watermark: i64,
     ) -> Result<(), StoreError> {
+        self.with_disk(watermark, |sources, disk| {
+            sources[s].fault_in(s, hash, key, disk)
+        })
+    }
+
+    /// Brings the record that dimension record `primary` of source `s`
+    /// replaces back into memory if it left it (durable state only).
+    pub(super) fn fault_in_primary(&mut self, s: usize, primary: &[u8]) -> Result<(), StoreError> {
+        let watermark = self.clock.low();
+        self.with_disk(watermark, |sources, disk| {
+            sources[s].fault_in_primary(s, primary, disk)
+        })
+    }
+
+    /// Runs `read` over the tables with the disk behind them (nothing
+    /// without durable state).
+    fn with_disk(
+        &mut self,
+        watermark: i64,
+        read: impl FnOnce(&mut [SourceState], &mut Disk<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let Some(store) = self.durable.store.as_ref() else {
             return Ok(());
         };
@@ -72,23 +93,7 @@ impl super::Engine {
             revive: &mut revive,
             watermark,
         };
-        self.sources[s].fault_in(s, hash, key, &mut disk)
-    }
-
-    /// Brings the record that dimension record `primary` of source `s`
-    /// replaces back into memory if it left it (durable state only).
-    pub(super) fn fault_in_primary(&mut self, s: usize, primary: &[u8]) -> Result<(), StoreError> {
-        let Some(store) = self.durable.store.as_ref() else {
-            return Ok(());
-        };
-        let topics = &mut self.topics;
-        let mut revive = |e| topics.revive(e);
-        let mut disk = Disk {
-            store,
-            revive: &mut revive,
-            watermark: self.clock.low(),
-        };
-        self.sources[s].fault_in_primary(s, primary, &mut disk)
+        read(&mut self.sources, &mut disk)
     }
 }
 
