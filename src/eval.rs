@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use duckdb::arrow::datatypes::SchemaRef;
+use duckdb::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::core::{DataChunkHandle, LogicalTypeHandle, LogicalTypeId};
 use duckdb::vtab::{
@@ -18,6 +18,41 @@ use duckdb::Connection;
 
 /// Rows DuckDB takes per data chunk (its STANDARD_VECTOR_SIZE).
 const VECTOR_SIZE: usize = 2048;
+
+/// The Arrow extension name of JSON text (Arrow's canonical `arrow.json`,
+/// which DuckDB also writes with `arrow_lossless_conversion`): a batch column
+/// with it is DuckDB's JSON type, and a result column of DuckDB's JSON type
+/// carries it, so the output writes its value as JSON, not as a string.
+pub const JSON_EXTENSION: &str = "arrow.json";
+
+/// An Arrow field of `data_type`, marked as JSON text when `json`.
+pub fn field(name: impl Into<String>, data_type: DataType, json: bool) -> Field {
+    let field = Field::new(name, data_type, true);
+    if json {
+        field.with_metadata(HashMap::from([(
+            EXTENSION_NAME_KEY.to_string(),
+            JSON_EXTENSION.to_string(),
+        )]))
+    } else {
+        field
+    }
+}
+
+/// Whether `field` holds JSON text (see [`JSON_EXTENSION`]).
+pub fn is_json(field: &Field) -> bool {
+    field.extension_type_name() == Some(JSON_EXTENSION)
+}
+
+const EXTENSION_NAME_KEY: &str = "ARROW:extension:name";
+
+fn logical_type(field: &Field) -> Result<LogicalTypeHandle, Box<dyn std::error::Error>> {
+    if is_json(field) {
+        let mut ty = LogicalTypeHandle::from(LogicalTypeId::Varchar);
+        ty.set_alias("JSON");
+        return Ok(ty);
+    }
+    to_duckdb_logical_type_for_field(field)
+}
 
 /// A failure inside DuckDB. The pipeline cannot go on without SQL.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +68,9 @@ pub enum EvalError {
     /// DuckDB could not be opened or set up.
     #[error("cannot set up DuckDB: {0}")]
     Setup(duckdb::Error),
+    /// DuckDB's result could not be read as Arrow.
+    #[error("cannot read DuckDB's result: {0}")]
+    Result(duckdb::arrow::error::ArrowError),
     /// The batch slot was poisoned by a panic elsewhere: this is a bug.
     #[error("the DuckDB batch slot is poisoned; this is a bug")]
     Poisoned,
@@ -78,7 +116,7 @@ impl VTab for BatchScan {
         let batch = slot_batch(&slot)?.ok_or("kf_batch bound with no batch in its slot")?;
         let schema = batch.schema();
         for field in schema.fields() {
-            bind.add_result_column(field.name(), to_duckdb_logical_type_for_field(field)?);
+            bind.add_result_column(field.name(), logical_type(field)?);
         }
         Ok(ScanBind { slot, schema })
     }
@@ -170,8 +208,35 @@ impl Evaluator {
             source,
         };
         let mut stmt = self.conn.prepare_cached(sql).map_err(duck)?;
-        let batches = stmt.query_arrow([]).map_err(duck)?.collect();
-        Ok(batches)
+        let batches: Vec<RecordBatch> = stmt.query_arrow([]).map_err(duck)?.collect();
+        // Result columns of DuckDB's JSON type (a nested input column,
+        // `CAST(... AS JSON)`, `json_object(...)`) are marked as such.
+        let json: Vec<usize> = (0..stmt.column_count())
+            .filter(|&i| stmt.column_logical_type(i).get_alias().as_deref() == Some("JSON"))
+            .collect();
+        if json.is_empty() {
+            return Ok(batches);
+        }
+        batches
+            .into_iter()
+            .map(|b| {
+                let schema = b.schema();
+                let fields: Vec<Field> = schema
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        if json.contains(&i) {
+                            field(f.name().clone(), f.data_type().clone(), true)
+                        } else {
+                            f.as_ref().clone()
+                        }
+                    })
+                    .collect();
+                b.with_schema(Arc::new(Schema::new(fields)))
+                    .map_err(EvalError::Result)
+            })
+            .collect()
     }
 
     /// Runs a query with no batch (for tests and `explain`).
@@ -204,7 +269,6 @@ impl crate::error::Classified for EvalError {
 mod tests {
     use super::*;
     use duckdb::arrow::array::{Array, Int64Array, StringArray};
-    use duckdb::arrow::datatypes::{DataType, Field, Schema};
 
     fn batch(ids: &[i64], names: &[Option<&str>]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![

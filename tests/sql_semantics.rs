@@ -378,3 +378,72 @@ sources:
     assert!(err.contains("needs the columns of `events`"), "{err}");
     assert!(err.contains("sources.events.columns"), "{err}");
 }
+
+/// Issue #16, reproduction 4: nested fields are read by path in SELECT, ON
+/// (as a join key) and WHERE; an array element by its position from 1.
+#[test]
+fn nested_fields_are_columns_in_select_on_and_where() {
+    let p = pipeline(
+        "SELECT o.order_id, o.shipping.city AS city, o.items[1].sku AS first_sku, o.shipping['zip'] AS zip, c.name FROM orders o LEFT JOIN customers c ON o.customer.id = c.customer_id WHERE o.shipping.city <> 'Nowhere'",
+        &["customers"],
+    );
+    let out = values(
+        &p,
+        &[
+            ("customers", "c1", r#"{"customer_id":"c1","name":"Ada"}"#),
+            (
+                "orders",
+                "o1",
+                r#"{"order_id":"o1","customer":{"id":"c1"},"shipping":{"city":"Lyon","zip":"69001"},"items":[{"sku":"A"},{"sku":"B"}]}"#,
+            ),
+            (
+                "orders",
+                "o2",
+                r#"{"order_id":"o2","customer":{"id":"c9"},"shipping":{"city":"Paris"},"items":[]}"#,
+            ),
+            (
+                "orders",
+                "o3",
+                r#"{"order_id":"o3","customer":{"id":"c1"},"shipping":{"city":"Nowhere"}}"#,
+            ),
+            // Not an object where the path expects one: NULL, so the WHERE
+            // (NULL <> 'Nowhere') keeps nothing, as in SQL.
+            ("orders", "o4", r#"{"order_id":"o4","shipping":"Lyon"}"#),
+        ],
+    );
+    assert_eq!(
+        out,
+        vec![
+            serde_json::json!({"order_id":"o1","city":"Lyon","first_sku":"A","zip":"69001","name":"Ada"}),
+            serde_json::json!({"order_id":"o2","city":"Paris","first_sku":null,"zip":null,"name":null}),
+        ]
+    );
+}
+
+/// Issue #16, reproduction 8: nested objects and arrays selected as they
+/// are, `CAST(... AS JSON)` and `json_object(...)` keep their nesting in the
+/// output (not escaped strings); byte for byte as they came.
+#[test]
+fn nested_values_print_as_json_not_as_strings() {
+    let p = pipeline(
+        "SELECT e.id, e.payload, e.tags, e.items[2] AS second, CAST(e.n AS JSON) AS n, json_object('id', e.id) AS obj, e.payload.v AS v FROM events e",
+        &[],
+    );
+    let mut engine = Engine::new(&p).unwrap();
+    let out = run(
+        &mut engine,
+        &records(&[(
+            "events",
+            "k",
+            r#"{"id":"e1","n":3,"payload":{"device":"d1","v":[1,2.5,"x"]},"tags":["a","b"],"items":[{"sku":"A"},{"sku":"B","q":{"r":null}}]}"#,
+        )]),
+    )
+    .unwrap();
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    assert_eq!(
+        out.lines,
+        vec![
+            r#"{"key":null,"value":{"id":"e1","payload":{"device":"d1","v":[1,2.5,"x"]},"tags":["a","b"],"second":{"sku":"B","q":{"r":null}},"n":3,"obj":{"id":"e1"},"v":[1,2.5,"x"]}}"#
+        ]
+    );
+}

@@ -11,6 +11,7 @@ use std::fmt;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::path::{FieldPath, Step};
 use super::{ColumnType, Event, Value};
 
 /// Why a record could not become an event. The text goes into the DLQ header.
@@ -62,6 +63,40 @@ pub struct TopicSchema {
     /// Whether events keep their Kafka key (dimensions need it; streams do not).
     keep_key: bool,
     version: u64,
+    /// How each top-level field of a record feeds the columns.
+    readers: Vec<FieldReader>,
+}
+
+/// The columns one top-level field feeds: itself, and paths inside it.
+#[derive(Clone, Debug)]
+struct FieldReader {
+    name: String,
+    whole: Option<usize>,
+    paths: Vec<(usize, Vec<Step>)>,
+}
+
+fn readers_of(columns: &[String]) -> Vec<FieldReader> {
+    let mut readers: Vec<FieldReader> = Vec::new();
+    for (i, c) in columns.iter().enumerate() {
+        let path = FieldPath::parse(c);
+        let at = match readers.iter().position(|r| r.name == path.field) {
+            Some(at) => at,
+            None => {
+                readers.push(FieldReader {
+                    name: path.field.clone(),
+                    whole: None,
+                    paths: Vec::new(),
+                });
+                readers.len() - 1
+            }
+        };
+        if path.steps.is_empty() {
+            readers[at].whole = Some(i);
+        } else {
+            readers[at].paths.push((i, path.steps));
+        }
+    }
+    readers
 }
 
 impl TopicSchema {
@@ -85,9 +120,20 @@ impl TopicSchema {
                 columns.push(name.to_string());
             }
         }
+        // Declared types are of top-level fields; a path inside one is typed
+        // by its values.
         let types = columns
             .iter()
-            .map(|c| declared.iter().find(|(n, _)| n == c).map(|(_, t)| *t))
+            .map(|c| {
+                let path = FieldPath::parse(c);
+                if !path.steps.is_empty() {
+                    return None;
+                }
+                declared
+                    .iter()
+                    .find(|(n, _)| *n == path.field)
+                    .map(|(_, t)| *t)
+            })
             .collect::<Vec<_>>();
         let declared_flags = types.iter().map(Option::is_some).collect();
         let find = |name: &str| columns.iter().position(|c| c == name);
@@ -102,6 +148,7 @@ impl TopicSchema {
             declared: declared_flags,
             keep_key: true,
             version: 0,
+            readers: readers_of(&columns),
         }
     }
 
@@ -147,7 +194,7 @@ impl TopicSchema {
         match de::Deserializer::deserialize_any(
             &mut de,
             ObjectVisitor {
-                columns: &self.columns,
+                readers: &self.readers,
                 values: &mut values,
             },
         ) {
@@ -267,7 +314,7 @@ fn timestamp_of(column: &str, value: &Value) -> Result<i64, DecodeError> {
 
 /// Visits the top-level value; returns false when it is not an object.
 struct ObjectVisitor<'a> {
-    columns: &'a [String],
+    readers: &'a [FieldReader],
     values: &'a mut [Value],
 }
 
@@ -280,10 +327,18 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         while let Some(FieldName(key)) = map.next_key::<FieldName<'de>>()? {
-            match self.columns.iter().position(|c| *c == *key) {
-                Some(i) => {
+            match self.readers.iter().find(|r| r.name == *key) {
+                Some(reader) => {
                     let raw: &RawValue = map.next_value()?;
-                    self.values[i] = value_of(raw).map_err(de::Error::custom)?;
+                    if let Some(i) = reader.whole {
+                        self.values[i] = value_of(raw).map_err(de::Error::custom)?;
+                    }
+                    for (i, steps) in &reader.paths {
+                        self.values[*i] = match follow(raw, steps).map_err(de::Error::custom)? {
+                            Some(inner) => value_of(inner).map_err(de::Error::custom)?,
+                            None => Value::Null,
+                        };
+                    }
                 }
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -340,6 +395,64 @@ impl<'de> de::Deserialize<'de> for FieldName<'de> {
     }
 }
 
+/// The value at `steps` inside `raw`; None where a step finds no field, no
+/// element, or a value that is not an object (for a field) or an array (for
+/// an index): the path reads NULL there, as DuckDB's and Flink's JSON paths do.
+fn follow<'a>(
+    raw: &'a RawValue,
+    steps: &[Step],
+) -> Result<Option<&'a RawValue>, serde_json::Error> {
+    let mut at = raw;
+    for step in steps {
+        let text = at.get();
+        let next = match step {
+            Step::Field(name) if text.starts_with('{') => {
+                let fields: Vec<(Cow<'a, str>, &'a RawValue)> =
+                    serde_json::from_str::<FieldList<'a>>(text)?.0;
+                fields
+                    .into_iter()
+                    .rev()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v)
+            }
+            Step::Index(i) if text.starts_with('[') => {
+                let items: Vec<&'a RawValue> = serde_json::from_str(text)?;
+                items.get(*i).copied()
+            }
+            _ => None,
+        };
+        match next {
+            Some(n) => at = n,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(at))
+}
+
+/// An object's fields in order, values unparsed (the last of a repeated name
+/// wins, as at the top level).
+struct FieldList<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> de::Deserialize<'de> for FieldList<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FieldList<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(FieldName(key)) = map.next_key::<FieldName<'de>>()? {
+                    out.push((key, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(FieldList(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 fn value_of(raw: &RawValue) -> Result<Value, serde_json::Error> {
     let text = raw.get();
     Ok(match text.as_bytes().first() {
@@ -373,6 +486,55 @@ mod tests {
             None,
             &["id".to_string()],
         )
+    }
+
+    /// Paths into nested objects and arrays are columns of their own, next
+    /// to the whole field; a step that finds nothing (or a value of another
+    /// kind) reads NULL, and a top-level field named with a dot is a field.
+    #[test]
+    fn paths_read_nested_fields_and_elements() {
+        let mut s = TopicSchema::new(
+            "t",
+            vec![
+                "shipping.city".into(),
+                "items[1].sku".into(),
+                "items[3]".into(),
+                "shipping".into(),
+                "\"a.b\"".into(),
+                "tags[2]".into(),
+                "customer.id".into(),
+            ],
+            &[],
+            None,
+            &["customer.id".to_string()],
+        );
+        let e = s
+            .decode(
+                0,
+                0,
+                0,
+                1,
+                None,
+                br#"{"items":[{"sku":"A\u00e9"},{"sku":"B"}],"a.b":1,"shipping":{"city":"Lyon","city":"Paris"},"tags":"x","customer":{"id":42}}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            e.values.as_ref(),
+            &[
+                Value::Str("Paris".into()),
+                Value::Str("A\u{e9}".into()),
+                Value::Null,
+                Value::Json(r#"{"city":"Lyon","city":"Paris"}"#.into()),
+                Value::Int(1),
+                Value::Null,
+                Value::Int(42),
+            ]
+        );
+        assert_eq!(s.key_columns, vec![6]);
+        // A path through malformed JSON is the record's error, not a panic.
+        assert!(s
+            .decode(0, 0, 1, 1, None, br#"{"shipping":{"city":}}"#)
+            .is_err());
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //! column names in order (NULLs written as `null`), and the Kafka key is the
 //! text of the `output.key` column.
 
-use duckdb::arrow::array::{Array, AsArray};
-use duckdb::arrow::datatypes::DataType;
+use std::sync::Arc;
+
+use duckdb::arrow::array::{Array, AsArray, StringArray};
+use duckdb::arrow::datatypes::{DataType, FieldRef};
 use duckdb::arrow::error::ArrowError;
-use duckdb::arrow::json::writer::LineDelimited;
+use duckdb::arrow::json::writer::{
+    Encoder, EncoderFactory, EncoderOptions, LineDelimited, NullableEncoder,
+};
 use duckdb::arrow::json::WriterBuilder;
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::arrow::util::display::array_value_to_string;
@@ -19,6 +23,7 @@ pub fn encode_json_rows(batch: &RecordBatch, buf: &mut Vec<u8>) -> Result<Vec<us
     let start = buf.len();
     let mut writer = WriterBuilder::new()
         .with_explicit_nulls(true)
+        .with_encoder_factory(Arc::new(JsonText))
         .build::<_, LineDelimited>(&mut *buf);
     writer.write(batch)?;
     writer.finish()?;
@@ -31,6 +36,41 @@ pub fn encode_json_rows(batch: &RecordBatch, buf: &mut Vec<u8>) -> Result<Vec<us
         }
     }
     Ok(ends)
+}
+
+/// Writes a column marked as JSON text ([`crate::eval::JSON_EXTENSION`]) as
+/// the JSON value it holds, so a nested object stays an object.
+#[derive(Debug)]
+struct JsonText;
+
+impl EncoderFactory for JsonText {
+    fn make_default_encoder<'a>(
+        &self,
+        field: &'a FieldRef,
+        array: &'a dyn Array,
+        _options: &'a EncoderOptions,
+    ) -> Result<Option<NullableEncoder<'a>>, ArrowError> {
+        if !crate::eval::is_json(field) {
+            return Ok(None);
+        }
+        let Some(strings) = array.as_string_opt::<i32>() else {
+            return Ok(None);
+        };
+        let nulls = strings.nulls().cloned();
+        Ok(Some(NullableEncoder::new(
+            Box::new(RawJson(strings)),
+            nulls,
+        )))
+    }
+}
+
+struct RawJson<'a>(&'a StringArray);
+
+impl Encoder for RawJson<'_> {
+    fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        // DuckDB's JSON values are valid JSON (checked when made).
+        out.extend_from_slice(self.0.value(idx).as_bytes());
+    }
 }
 
 /// Appends the Kafka key of `row` from `column` to `buf`: strings as their
@@ -84,7 +124,6 @@ mod tests {
     use super::*;
     use duckdb::arrow::array::{Float64Array, Int64Array, StringArray};
     use duckdb::arrow::datatypes::{Field, Schema};
-    use std::sync::Arc;
 
     #[test]
     fn rows_are_json_objects_in_column_order_with_nulls() {

@@ -70,7 +70,8 @@ pub enum ColumnType {
     Double,
     /// VARCHAR
     Varchar,
-    /// Nested JSON, passed to DuckDB as VARCHAR text.
+    /// A nested object or array, passed to DuckDB as its JSON text in a
+    /// column of DuckDB's JSON type (so it prints as JSON, not as a string).
     Json,
 }
 
@@ -94,10 +95,22 @@ impl FromStr for ColumnType {
             "BIGINT" | "INT" | "INTEGER" | "LONG" | "INT64" => ColumnType::BigInt,
             "DOUBLE" | "FLOAT" | "REAL" | "FLOAT64" => ColumnType::Double,
             "VARCHAR" | "STRING" | "TEXT" => ColumnType::Varchar,
-            "JSON" => ColumnType::Json,
+            "JSON" | "LIST" | "ARRAY" | "MAP" | "STRUCT" | "ROW" => ColumnType::Json,
+            // A nested form with its fields or element type (`STRUCT(city
+            // VARCHAR)`, `ROW<city STRING>`, `VARCHAR[]`, `ARRAY<BIGINT>`):
+            // an object or array, kept as it came (its inner types are not
+            // checked).
+            nested
+                if ["STRUCT", "ROW", "MAP", "LIST", "ARRAY"]
+                    .iter()
+                    .any(|k| nested.starts_with(k) && nested[k.len()..].trim_start().starts_with(['(', '<']))
+                    || nested.ends_with("[]") =>
+            {
+                ColumnType::Json
+            }
             other => {
                 return Err(format!(
-                    "`{other}` is not a column type; use BOOLEAN, BIGINT, DOUBLE, VARCHAR or JSON"
+                    "`{other}` is not a column type; use BOOLEAN, BIGINT, DOUBLE, VARCHAR, JSON, or a nested form: STRUCT(...), LIST, T[], MAP(...)"
                 ))
             }
         })

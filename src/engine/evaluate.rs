@@ -396,7 +396,8 @@ fn build_input(
                 .map(|e| &e.values[c.topic_column])
         });
         let (dt, array) = build_array(ty, values, count);
-        fields.push(Field::new(batch_column_name(plan, c.column), dt, true));
+        let name = batch_column_name(plan, c.column);
+        fields.push(crate::eval::field(name, dt, ty == ColumnType::Json));
         arrays.push(array);
     }
     fields.push(Field::new(ROW_COLUMN, DataType::UInt32, false));

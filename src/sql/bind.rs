@@ -217,7 +217,8 @@ fn null_batch(
             if let Some(ty) = type_of(r) {
                 let dt = arrow_type(ty);
                 arrays.push(new_null_array(&dt, 1));
-                fields.push(Field::new(batch_column_name(plan, r), dt, true));
+                let json = ty == ColumnType::Json;
+                fields.push(crate::eval::field(batch_column_name(plan, r), dt, json));
             }
         }
     }

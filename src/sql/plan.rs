@@ -7,11 +7,13 @@ use sqlparser::ast::{
     visit_expressions_mut, BinaryOperator, Distinct, Expr, GroupByExpr, Join as AstJoin,
     JoinConstraint, JoinOperator, ObjectNamePart, Query, Select, SelectItem,
     SelectItemQualifiedWildcardKind, SetExpr, Spanned, Statement, TableFactor, TableWithJoins,
-    Visit, Visitor,
+    Visit, VisitMut, Visitor, VisitorMut,
 };
 use sqlparser::dialect::DuckDbDialect;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::Span;
+
+use crate::codec::{FieldPath, Step};
 
 use super::{
     ColumnRef, Join, JoinKind, OutputColumn, QueryPlan, Role, Source, SqlError, SqlPosition,
@@ -321,9 +323,13 @@ impl<'a> Planner<'a> {
         for item in &select.projection {
             let (name, expr) = match item {
                 SelectItem::UnnamedExpr(expr) => {
-                    let name = match column_parts(expr) {
-                        Some((_, col)) => col.value.clone(),
-                        None => expr.to_string(),
+                    // `o.shipping.city` is named `city`, as in Flink (Calcite).
+                    let name = match (column_parts(expr), expr) {
+                        (Some((_, col)), _) => col.value.clone(),
+                        (None, Expr::CompoundIdentifier(parts)) => parts
+                            .last()
+                            .map_or_else(|| expr.to_string(), |p| p.value.clone()),
+                        _ => expr.to_string(),
                     };
                     (name, expr.clone())
                 }
@@ -348,6 +354,7 @@ impl<'a> Planner<'a> {
                     continue;
                 }
             };
+            let expr = self.nested(&expr)?;
             self.check_expr(&expr)?;
             let expr = self.qualified(&expr);
             if !names.insert(name.clone()) {
@@ -363,8 +370,9 @@ impl<'a> Planner<'a> {
             return Err(SqlError::new(at(select.span()), "the SELECT list is empty"));
         }
         if let Some(selection) = &select.selection {
-            self.check_expr(selection)?;
-            filters.push(self.qualified(selection));
+            let selection = self.nested(selection)?;
+            self.check_expr(&selection)?;
+            filters.push(self.qualified(&selection));
         }
         let filter = and_all(filters);
         let mut plan = QueryPlan {
@@ -453,9 +461,15 @@ impl<'a> Planner<'a> {
             if let Expr::CompoundIdentifier(parts) = expr {
                 return Err(SqlError::new(
                     at(expr.span()),
-                    format!("`{expr}` has {} parts; a column is written source.column", parts.len()),
+                    format!(
+                        "`{}` is not a source of this query, nor a column one declares",
+                        parts[0].value
+                    ),
                 )
-                .help("nested fields arrive as JSON text: use json_extract_string(e.payload, '$.field')"));
+                .help(format!(
+                    "write a nested field with its source first: {}.{expr}",
+                    self.sources.first().map_or("o", |s| s.alias.as_str())
+                )));
             }
             return Ok(None);
         };
@@ -471,8 +485,9 @@ impl<'a> Planner<'a> {
                         format!("`{}` is not a source of this query here", q.value),
                     )
                     .help(format!(
-                        "the sources known at this point are: {}",
-                        known.join(", ")
+                        "the sources known at this point are: {}; a nested field is written with its source first: {}.{expr}",
+                        known.join(", "),
+                        known.first().copied().unwrap_or("o"),
                     ))
                 })?,
             None if self.sources.len() == 1 => 0,
@@ -506,6 +521,140 @@ impl<'a> Planner<'a> {
             });
         }
         expr
+    }
+
+    /// `expr` with every column reference written as its source's alias (or
+    /// nothing, as the user wrote it) and its column's path text
+    /// ([`FieldPath`]): `o.shipping.city` becomes `o."shipping.city"`,
+    /// `o.items[1].sku` becomes `o."items[1].sku"`, and a top-level field
+    /// keeps its name. Every later step reads columns in this form; it is
+    /// applied once, to the expressions as written.
+    fn nested(&self, expr: &Expr) -> Result<Expr, SqlError> {
+        struct Paths<'p, 'a> {
+            planner: &'p Planner<'a>,
+            problem: Option<SqlError>,
+        }
+        impl VisitorMut for Paths<'_, '_> {
+            type Break = ();
+            fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+                match self.planner.path_of(e) {
+                    Ok(Some(column)) => *e = column,
+                    Ok(None) => {}
+                    Err(problem) => {
+                        self.problem = Some(problem);
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            }
+        }
+        let mut expr = expr.clone();
+        let mut paths = Paths {
+            planner: self,
+            problem: None,
+        };
+        let _ = VisitMut::visit(&mut expr, &mut paths);
+        match paths.problem {
+            Some(p) => Err(p),
+            None => Ok(expr),
+        }
+    }
+
+    /// The column expression `e` names, in path form, or None when `e` is
+    /// not a column reference.
+    fn path_of(&self, e: &Expr) -> Result<Option<Expr>, SqlError> {
+        use sqlparser::ast::{AccessExpr, Ident, Subscript, Value as SqlValue};
+        let (parts, chain): (&[Ident], &[AccessExpr]) = match e {
+            Expr::Identifier(name) => (std::slice::from_ref(name), &[]),
+            Expr::CompoundIdentifier(parts) => (parts.as_slice(), &[]),
+            Expr::CompoundFieldAccess { root, access_chain } => match root.as_ref() {
+                Expr::Identifier(name) => (std::slice::from_ref(name), access_chain.as_slice()),
+                Expr::CompoundIdentifier(parts) => (parts.as_slice(), access_chain.as_slice()),
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        // Every part as a step: names, then the access chain's fields and
+        // elements (`o.items[1].sku` parses as `o` + `.items`, `[1]`, `.sku`).
+        let mut steps: Vec<(Step, Option<&Ident>)> = parts
+            .iter()
+            .map(|n| (Step::Field(n.value.clone()), Some(n)))
+            .collect();
+        for access in chain {
+            let step = match access {
+                AccessExpr::Dot(Expr::Identifier(n)) => {
+                    Some((Step::Field(n.value.clone()), Some(n)))
+                }
+                AccessExpr::Subscript(Subscript::Index {
+                    index: Expr::Value(v),
+                }) => match &v.value {
+                    SqlValue::Number(n, _) => n
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| n >= 1)
+                        .map(|n| (Step::Index(n - 1), None)),
+                    SqlValue::SingleQuotedString(f) | SqlValue::DoubleQuotedString(f) => {
+                        Some((Step::Field(f.clone()), None))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            match step {
+                Some(step) => steps.push(step),
+                None => {
+                    return Err(SqlError::new(
+                        at(e.span()),
+                        format!("`{access}` is not a field or element kaflowsql can read from `{e}`"),
+                    )
+                    .help("read a field as a.b.c or a['c'], and an array element by its position from 1: a.items[1]"))
+                }
+            }
+        }
+        // The source: the first step when it names one and a field follows;
+        // else (a path without it) the one source declaring its field.
+        let alias = match steps.as_slice() {
+            [(_, Some(first)), (Step::Field(_), _), ..]
+                if self.sources.iter().any(|s| s.alias == first.value) =>
+            {
+                Some((*first).clone())
+            }
+            _ => None,
+        };
+        let rest = &steps[usize::from(alias.is_some())..];
+        let Some(((Step::Field(field), field_ident), inner)) = rest.split_first() else {
+            return Ok(None);
+        };
+        if alias.is_none() && !inner.is_empty() && parts.len() > 1 {
+            if let Some(first) = field_ident {
+                if self.declaring(first).is_err() {
+                    // `x.col` with `x` neither a source nor a declared
+                    // column: left to resolve(), which names the sources.
+                    return Ok(None);
+                }
+            }
+        }
+        let path = FieldPath {
+            field: field.clone(),
+            steps: inner.iter().map(|(s, _)| s.clone()).collect(),
+        };
+        let text = path.text();
+        let column = match field_ident {
+            Some(ident) if path.steps.is_empty() && text == ident.value => (*ident).clone(),
+            _ => Ident::with_quote('"', text),
+        };
+        Ok(Some(match alias {
+            Some(alias) => Expr::CompoundIdentifier(vec![alias, column]),
+            None if path.steps.is_empty() => Expr::Identifier(column),
+            None => match field_ident.map(|f| self.declaring(f)) {
+                // An unqualified path: its source is the one declaring its field.
+                Some(Ok(s)) if self.sources.len() > 1 => Expr::CompoundIdentifier(vec![
+                    Ident::new(self.sources[s].alias.clone()),
+                    column,
+                ]),
+                _ => Expr::Identifier(column),
+            },
+        }))
     }
 
     /// The columns `*` (every source's) or `alias.*` stands for: the declared
@@ -549,7 +698,7 @@ impl<'a> Planner<'a> {
             for c in columns {
                 let expr = Expr::CompoundIdentifier(vec![
                     sqlparser::ast::Ident::new(source.alias.clone()),
-                    sqlparser::ast::Ident::new(c.clone()),
+                    sqlparser::ast::Ident::with_quote('"', FieldPath::top(c).text()),
                 ]);
                 out.push((c.clone(), expr));
             }
@@ -688,6 +837,7 @@ impl<'a> Planner<'a> {
             }
         };
         let source = self.add_source(&join.relation)?;
+        let on = &self.nested(on)?;
         self.check_expr(on)?;
         let on = &self.qualified(on);
         let mut conjuncts = Vec::new();

@@ -156,3 +156,62 @@ fn names_expressions_by_alias_or_text() {
     let e = refusal("SELECT a.x, a.y AS x FROM a", &[]);
     assert!(e.message.contains("two output columns"));
 }
+
+/// Nested fields and array elements are columns named by their path; a
+/// path without its source names the source declaring its field; the output
+/// is named after the last field, as in Flink.
+#[test]
+fn nested_paths_are_columns() {
+    let mut declared = Declared::new();
+    declared.insert("orders".into(), vec!["shipping".into()]);
+    let plan = plan_query_with(
+        "SELECT o.shipping.city, shipping.zip, o.items[1].sku, o.m['k'], c.name FROM orders o JOIN customers c ON o.customer.id = c.id",
+        &dims(&["customers"]),
+        &declared,
+    )
+    .unwrap();
+    assert_eq!(
+        plan.sources[0].columns,
+        vec![
+            "customer.id",
+            "shipping.city",
+            "shipping.zip",
+            "items[1].sku",
+            "m.k"
+        ]
+    );
+    let names: Vec<_> = plan.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["city", "zip", "o.items[1].sku", "o.m['k']", "name"]
+    );
+    assert_eq!(
+        plan.joins[0].keys[0].0,
+        ColumnRef {
+            source: 0,
+            column: 0
+        }
+    );
+}
+
+/// A subscript that is not a position from 1 or a quoted field name is
+/// refused where it is written; a first part that is neither a source nor
+/// a declared column says how to write a nested field.
+#[test]
+fn unreadable_paths_are_refused_with_their_position() {
+    let err = plan_query("SELECT o.items[0] FROM orders o", &[]).unwrap_err();
+    assert_eq!(err.position, SqlPosition { line: 1, column: 8 });
+    assert!(err.message.contains("[0]"), "{}", err.message);
+    let err = plan_query("SELECT o.items[o.n] FROM orders o", &[]).unwrap_err();
+    assert!(err.help.unwrap_or_default().contains("a.items[1]"));
+    let err = plan_query(
+        "SELECT shipping.city FROM orders o JOIN c ON o.id = c.id",
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.message.contains("`shipping`"), "{}", err.message);
+    assert!(
+        err.help.unwrap_or_default().contains("o.shipping.city"),
+        "help names the way to write it"
+    );
+}
