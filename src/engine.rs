@@ -150,8 +150,8 @@ impl crate::error::Classified for EngineError {
 pub struct Engine {
     plan: QueryPlan,
     emission: Emission,
-    /// Output column whose text is the Kafka key.
-    key_column: Option<usize>,
+    /// How result rows become output records (key, whole records).
+    layout: output::RowLayout,
     topics: Topics,
     sources: Vec<sources::SourceState>,
     clock: Clock,
@@ -181,7 +181,7 @@ impl Engine {
         Ok(Self {
             plan: pipeline.plan.clone(),
             emission: pipeline.emission.clone(),
-            key_column: pipeline.output.key,
+            layout: output::RowLayout::of(pipeline),
             topics,
             sources,
             clock: Clock::new(&streams, pipeline.max_ahead_ms),

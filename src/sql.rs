@@ -143,6 +143,10 @@ pub struct OutputColumn {
     pub name: String,
     /// The expression as the user wrote it.
     pub expr: Expr,
+    /// Whether this column is `alias.*` over a source that declares no
+    /// columns: its value is the whole record (a JSON object), and the output
+    /// writes the record's top-level fields in its place, in their order.
+    pub record: bool,
 }
 
 /// What a query means to the engine.

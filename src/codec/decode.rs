@@ -65,6 +65,8 @@ pub struct TopicSchema {
     version: u64,
     /// How each top-level field of a record feeds the columns.
     readers: Vec<FieldReader>,
+    /// The column holding the whole record, if the query reads it.
+    record: Option<usize>,
 }
 
 /// The columns one top-level field feeds: itself, and paths inside it.
@@ -78,6 +80,9 @@ struct FieldReader {
 fn readers_of(columns: &[String]) -> Vec<FieldReader> {
     let mut readers: Vec<FieldReader> = Vec::new();
     for (i, c) in columns.iter().enumerate() {
+        if c == FieldPath::RECORD {
+            continue;
+        }
         let path = FieldPath::parse(c);
         let at = match readers.iter().position(|r| r.name == path.field) {
             Some(at) => at,
@@ -149,6 +154,7 @@ impl TopicSchema {
             keep_key: true,
             version: 0,
             readers: readers_of(&columns),
+            record: columns.iter().position(|c| c == FieldPath::RECORD),
         }
     }
 
@@ -203,6 +209,12 @@ impl TopicSchema {
             Err(e) => return Err(DecodeError::NotJson(e.to_string())),
         }
         de.end().map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        if let Some(r) = self.record {
+            let text = std::str::from_utf8(value)
+                .map_err(|e| DecodeError::NotJson(e.to_string()))?
+                .trim();
+            values[r] = Value::Json(text.into());
+        }
         let timestamp = match self.timestamp_column {
             Some(c) => timestamp_of(&self.columns[c], &values[c])?,
             None => kafka_timestamp,
@@ -431,7 +443,7 @@ fn follow<'a>(
 
 /// An object's fields in order, values unparsed (the last of a repeated name
 /// wins, as at the top level).
-struct FieldList<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+pub(super) struct FieldList<'a>(pub(super) Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de> de::Deserialize<'de> for FieldList<'de> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

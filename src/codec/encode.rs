@@ -73,6 +73,87 @@ impl Encoder for RawJson<'_> {
     }
 }
 
+/// Appends `row` (one output object) to `out` with each member named in
+/// `records` (an `alias.*` over a source without declared columns: a whole
+/// record, or NULL) replaced by that record's top-level fields in their
+/// order; a NULL record (a LEFT join without a match) brings no field. The
+/// names the query wrote win: a record field whose name is taken (by a
+/// written column or an earlier field) gets the first free number, as Flink
+/// (Calcite) numbers a name `*` brings twice: `name`, then `name0`.
+///
+/// Returns the value of member `key_field` of the result, when asked and
+/// present and not NULL: a string's text, any other value's JSON.
+///
+/// Errors: `row` is not a JSON object (never so for rows of
+/// [`encode_json_rows`]).
+pub fn splice_records(
+    row: &[u8],
+    records: &[String],
+    key_field: Option<&str>,
+    out: &mut Vec<u8>,
+) -> Result<Option<Vec<u8>>, serde_json::Error> {
+    use super::decode::FieldList;
+    use std::collections::HashSet;
+    let text = std::str::from_utf8(row).map_err(serde::de::Error::custom)?;
+    let members = serde_json::from_str::<FieldList<'_>>(text)?.0;
+    let mut taken: HashSet<String> = members
+        .iter()
+        .filter(|(k, _)| !records.iter().any(|r| r == k))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let mut key = None;
+    let mut first = true;
+    let mut write = |name: &str, value: &serde_json::value::RawValue, out: &mut Vec<u8>| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json_string(name, out);
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+        if key_field == Some(name) {
+            key = key_text(value);
+        }
+    };
+    out.push(b'{');
+    for (name, value) in &members {
+        if !records.iter().any(|r| r == name) {
+            write(name, value, out);
+            continue;
+        }
+        if !value.get().starts_with('{') {
+            continue;
+        }
+        for (field, inner) in serde_json::from_str::<FieldList<'_>>(value.get())?.0 {
+            let name = (0..)
+                .map(|n| {
+                    if n == 0 {
+                        field.to_string()
+                    } else {
+                        format!("{field}{}", n - 1)
+                    }
+                })
+                .find(|n| !taken.contains(n))
+                .unwrap_or_default();
+            write(&name, inner, out);
+            taken.insert(name);
+        }
+    }
+    out.push(b'}');
+    Ok(key)
+}
+
+fn key_text(value: &serde_json::value::RawValue) -> Option<Vec<u8>> {
+    let text = value.get();
+    match text.as_bytes().first() {
+        Some(b'n') => None,
+        Some(b'"') => serde_json::from_str::<String>(text)
+            .ok()
+            .map(String::into_bytes),
+        _ => Some(text.as_bytes().to_vec()),
+    }
+}
+
 /// Appends the Kafka key of `row` from `column` to `buf`: strings as their
 /// bytes, other values as their text. Returns false (nothing appended) for NULL.
 pub fn key_bytes(column: &dyn Array, row: usize, buf: &mut Vec<u8>) -> Result<bool, ArrowError> {
@@ -157,6 +238,26 @@ mod tests {
         assert!(key_bytes(batch.column(2), 0, &mut k).unwrap());
         assert!(!key_bytes(batch.column(1), 1, &mut k).unwrap());
         assert_eq!(k, b"u27");
+    }
+
+    /// A record column is replaced by its fields in order; a written name
+    /// wins a clash, a record's clashing field gets a number; a NULL record
+    /// brings nothing; the key can be one of the spliced fields.
+    #[test]
+    fn record_columns_are_spliced_in_place() {
+        let mut out = Vec::new();
+        let key = splice_records(
+            br#"{"o.*":{"id":"o1","name":"x","n":{"a":[1]}},"name":"Ada","c.*":null,"p.*":{"name":"y","id":2}}"#,
+            &["o.*".to_string(), "c.*".to_string(), "p.*".to_string()],
+            Some("id"),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"id":"o1","name0":"x","n":{"a":[1]},"name":"Ada","name1":"y","id0":2}"#
+        );
+        assert_eq!(key, Some(b"o1".to_vec()));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! `.`, `[`, `"` or nothing is written in double quotes with `"` doubled, so
 //! a top-level field literally named `a.b` is `"a.b"`, never the path `a` →
 //! `b`. Plain names are written as they are: a top-level column's text is its
-//! field name.
+//! field name. The text `*` (unquoted) is the whole record
+//! ([`FieldPath::RECORD`]).
 
 /// One step below a top-level field.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +31,7 @@ pub struct FieldPath {
 }
 
 fn needs_quotes(name: &str) -> bool {
-    name.is_empty() || name.contains(['.', '[', '"'])
+    name.is_empty() || name == FieldPath::RECORD || name.contains(['.', '[', '"'])
 }
 
 fn push_name(name: &str, out: &mut String) {
@@ -44,6 +45,10 @@ fn push_name(name: &str, out: &mut String) {
 }
 
 impl FieldPath {
+    /// The text of the column that holds a whole record (`alias.*` over a
+    /// source without declared columns); a field named `*` is `"*"`.
+    pub const RECORD: &'static str = "*";
+
     /// The path to a top-level field.
     pub fn top(field: &str) -> Self {
         Self {

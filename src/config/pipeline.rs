@@ -149,6 +149,9 @@ pub struct Output {
     pub format: OutputFormat,
     /// Output column whose value becomes the Kafka key.
     pub key: Option<usize>,
+    /// Else, the name of a field that an `alias.*` over a source without
+    /// declared columns brings (known only per record): the key is its value.
+    pub key_field: Option<String>,
     /// Dead-letter topic.
     pub dlq_topic: String,
 }

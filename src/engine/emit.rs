@@ -160,7 +160,7 @@ impl Engine {
             return Ok(());
         }
         let chosen = take_record_batch(&ev.values, &UInt32Array::from(picks.positions))?;
-        let written = out.write(&chosen, self.key_column, &picks.origins)?;
+        let written = out.write(&chosen, &self.layout, &picks.origins)?;
         self.stats.emitted += written as u64;
         Ok(())
     }

@@ -7,7 +7,7 @@ use duckdb::arrow::error::ArrowError;
 use duckdb::arrow::record_batch::RecordBatch;
 
 use super::TopicId;
-use crate::codec::{encode_json_rows, key_bytes, Event};
+use crate::codec::{encode_json_rows, key_bytes, splice_records, Event};
 
 /// Where a record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -99,14 +99,18 @@ impl Outputs {
     }
 
     /// Appends one output row per row of `chosen`: its JSON object, and its
-    /// Kafka key from column `key_column` when the pipeline has one;
-    /// `origins[i]` is the (driving, trigger) of row `i`. Returns the count.
+    /// Kafka key as `layout` says; `origins[i]` is the (driving, trigger) of
+    /// row `i`. Returns the count.
     pub(super) fn write(
         &mut self,
         chosen: &RecordBatch,
-        key_column: Option<usize>,
+        layout: &RowLayout,
         origins: &[(Origin, Origin)],
     ) -> Result<usize, ArrowError> {
+        if !layout.records.is_empty() {
+            return self.write_spliced(chosen, layout, origins);
+        }
+        let key_column = layout.key;
         let base = self.data.len();
         let ends = encode_json_rows(chosen, &mut self.data)?;
         let mut start = base;
@@ -132,6 +136,85 @@ impl Outputs {
     }
 }
 
+impl Outputs {
+    /// [`Outputs::write`] for a query with whole-record columns: each row
+    /// is encoded, then its records' fields are written in their place
+    /// ([`splice_records`]).
+    fn write_spliced(
+        &mut self,
+        chosen: &RecordBatch,
+        layout: &RowLayout,
+        origins: &[(Origin, Origin)],
+    ) -> Result<usize, ArrowError> {
+        let mut encoded = Vec::new();
+        let ends = encode_json_rows(chosen, &mut encoded)?;
+        let mut start = 0;
+        for (i, &end) in ends.iter().enumerate() {
+            let at = self.data.len();
+            let field_key = splice_records(
+                &encoded[start..end],
+                &layout.records,
+                layout.key_field.as_deref(),
+                &mut self.data,
+            )
+            .map_err(|e| ArrowError::JsonError(e.to_string()))?;
+            let value = at..self.data.len();
+            let key = match (layout.key, field_key) {
+                (Some(c), _) => {
+                    let k = self.data.len();
+                    key_bytes(chosen.column(c).as_ref(), i, &mut self.data)?
+                        .then_some(k..self.data.len())
+                }
+                (None, Some(bytes)) => {
+                    let k = self.data.len();
+                    self.data.extend_from_slice(&bytes);
+                    Some(k..self.data.len())
+                }
+                (None, None) => None,
+            };
+            let (driving, trigger) = origins[i];
+            self.rows.push(OutputRow {
+                key,
+                value,
+                driving,
+                trigger,
+            });
+            start = end + 1;
+        }
+        Ok(ends.len())
+    }
+}
+
+/// How a result row becomes an output record: its key, and the columns
+/// that hold whole records (`alias.*` over a source without declared
+/// columns), whose fields are written in their place.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RowLayout {
+    /// Output column whose text is the Kafka key.
+    pub(crate) key: Option<usize>,
+    /// Else, a field that a whole record brings, read from each row.
+    pub(crate) key_field: Option<String>,
+    /// Names of the whole-record output columns.
+    pub(crate) records: Vec<String>,
+}
+
+impl RowLayout {
+    /// The layout of `pipeline`'s output.
+    pub(crate) fn of(pipeline: &crate::config::Pipeline) -> Self {
+        Self {
+            key: pipeline.output.key,
+            key_field: pipeline.output.key_field.clone(),
+            records: pipeline
+                .plan
+                .outputs
+                .iter()
+                .filter(|o| o.record)
+                .map(|o| o.name.clone())
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,7 +235,14 @@ mod tests {
             offset,
         };
         let mut out = Outputs::default();
-        let n = match out.write(&batch, Some(0), &[(o(1), o(1)), (o(2), o(5))]) {
+        let n = match out.write(
+            &batch,
+            &RowLayout {
+                key: Some(0),
+                ..RowLayout::default()
+            },
+            &[(o(1), o(1)), (o(2), o(5))],
+        ) {
             Ok(n) => n,
             Err(e) => panic!("{e}"),
         };

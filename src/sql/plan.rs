@@ -335,7 +335,7 @@ impl<'a> Planner<'a> {
                 }
                 SelectItem::ExprWithAlias { expr, alias } => (alias.value.clone(), expr.clone()),
                 SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
-                    for (name, expr) in self.expand(item)? {
+                    for (name, expr, record) in self.expand(item)? {
                         self.check_expr(&expr)?;
                         // As Flink (Calcite) does: a name `*` brings twice gets a number.
                         let name = (0..)
@@ -349,7 +349,7 @@ impl<'a> Planner<'a> {
                             .find(|n| !names.contains(n))
                             .unwrap_or_default();
                         names.insert(name.clone());
-                        outputs.push(OutputColumn { name, expr });
+                        outputs.push(OutputColumn { name, expr, record });
                     }
                     continue;
                 }
@@ -364,7 +364,11 @@ impl<'a> Planner<'a> {
                 )
                 .help("give one of them another name with AS"));
             }
-            outputs.push(OutputColumn { name, expr });
+            outputs.push(OutputColumn {
+                name,
+                expr,
+                record: false,
+            });
         }
         if outputs.is_empty() {
             return Err(SqlError::new(at(select.span()), "the SELECT list is empty"));
@@ -658,8 +662,10 @@ impl<'a> Planner<'a> {
     }
 
     /// The columns `*` (every source's) or `alias.*` stands for: the declared
-    /// columns of the source's topic, in their order.
-    fn expand(&self, item: &SelectItem) -> Result<Vec<(String, Expr)>, SqlError> {
+    /// columns of the source's topic, in their order; for a source that
+    /// declares none, one column holding the whole record (`record`: true),
+    /// whose top-level fields the output writes in its place.
+    fn expand(&self, item: &SelectItem) -> Result<Vec<(String, Expr, bool)>, SqlError> {
         let span = item.span();
         let sources: Vec<usize> = match item {
             SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
@@ -683,24 +689,19 @@ impl<'a> Planner<'a> {
         for s in sources {
             let source = &self.sources[s];
             let Some(columns) = self.declared.get(&source.topic).filter(|c| !c.is_empty()) else {
-                return Err(SqlError::new(
-                    at(span),
-                    format!(
-                        "`{}.*` needs the columns of `{}`: records are JSON without a schema",
-                        source.alias, source.topic
-                    ),
-                )
-                .help(format!(
-                    "declare them under sources.{}.columns (name: TYPE, in the order you want them), or list them",
-                    source.topic
-                )));
+                let expr = Expr::CompoundIdentifier(vec![
+                    sqlparser::ast::Ident::new(source.alias.clone()),
+                    sqlparser::ast::Ident::with_quote('"', FieldPath::RECORD),
+                ]);
+                out.push((format!("{}.*", source.alias), expr, true));
+                continue;
             };
             for c in columns {
                 let expr = Expr::CompoundIdentifier(vec![
                     sqlparser::ast::Ident::new(source.alias.clone()),
                     sqlparser::ast::Ident::with_quote('"', FieldPath::top(c).text()),
                 ]);
-                out.push((c.clone(), expr));
+                out.push((c.clone(), expr, false));
             }
         }
         Ok(out)

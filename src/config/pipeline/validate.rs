@@ -173,9 +173,14 @@ impl Validator<'_> {
                 "use `json` (Avro output with a schema registry is planned)",
             );
         }
+        // A source without declared columns brings its fields per record.
+        let records = shape
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.outputs.iter().any(|o| o.record));
         let key = raw.output.key.as_ref().and_then(|k| {
             let i = shape.output(k);
-            if i.is_none() && shape.plan.is_some() {
+            if i.is_none() && shape.plan.is_some() && !records {
                 self.at_value(
                     "output.key",
                     format!("output.key `{k}` is not a column of the SELECT"),
@@ -190,6 +195,10 @@ impl Validator<'_> {
         Output {
             topic: raw.output.topic.clone(),
             format: raw.output.format,
+            key_field: match key {
+                None if records => raw.output.key.clone(),
+                _ => None,
+            },
             key,
             dlq_topic: raw
                 .output
