@@ -7,12 +7,13 @@ mod duration;
 mod global;
 mod locate;
 mod pipeline;
+pub mod security;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::{parse_bytes, parse_duration, ByteSize, HumanDuration};
 pub use global::{
-    default_dimension_load_timeout, GlobalConfig, HttpConfig, KafkaConfig, RocksDbConfig,
-    StateConfig,
+    default_dimension_load_timeout, default_profiling_listen, GlobalConfig, HttpConfig,
+    KafkaConfig, ProfilingConfig, RocksDbConfig, StateConfig,
 };
 pub use locate::{Locations, Position};
 pub use pipeline::{Emission, OnTimeout, Output, OutputFormat, Pipeline, SourceSpec};

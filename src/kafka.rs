@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod dlq;
 pub mod peek;
+pub mod refusal;
 pub mod sink;
 pub mod source;
 
@@ -22,6 +23,14 @@ pub enum KafkaError {
         context: String,
         /// The client error.
         source: rdkafka::error::KafkaError,
+    },
+    /// The cluster refused this client (credentials, TLS): waiting cannot help.
+    #[error("{context}: the brokers refused the connection: {reason}; check kafka.security (protocol, mechanism, username and password, CA file) against the cluster's settings")]
+    Refused {
+        /// What was being done.
+        context: String,
+        /// librdkafka's reason.
+        reason: String,
     },
     /// A topic the pipeline reads does not exist.
     #[error("topic `{topic}` does not exist on {brokers}; create it (or enable auto-creation) before starting the pipeline")]
@@ -153,15 +162,15 @@ impl crate::error::Classified for KafkaError {
                         | Code::TopicAuthorizationFailed
                         | Code::GroupAuthorizationFailed
                         | Code::ClusterAuthorizationFailed
-                        | Code::InvalidConfig
-                        | Code::UnsupportedSASLMechanism,
+                        | Code::InvalidConfig,
                     ) => Domain::Config,
+                    Some(code) if refusal::is_refusal(code) => Domain::Config,
                     _ => Domain::External,
                 },
             },
-            KafkaError::NotCoPartitioned { .. } | KafkaError::NoSuchPartition { .. } => {
-                Domain::Config
-            }
+            KafkaError::NotCoPartitioned { .. }
+            | KafkaError::NoSuchPartition { .. }
+            | KafkaError::Refused { .. } => Domain::Config,
             KafkaError::MissingTopic { .. }
             | KafkaError::Delivery { .. }
             | KafkaError::Interrupted => Domain::External,
@@ -184,6 +193,7 @@ impl crate::error::Classified for KafkaError {
             KafkaError::Client { .. } if self.domain() == Domain::Config => "kafka_client_config",
             KafkaError::Client { .. } => "kafka_client",
             KafkaError::MissingTopic { .. } => "missing_topic",
+            KafkaError::Refused { .. } => "kafka_refused",
             KafkaError::NotCoPartitioned { .. } => "not_co_partitioned",
             KafkaError::NoSuchPartition { .. } => "no_such_partition",
             KafkaError::Delivery { .. } | KafkaError::Interrupted => "delivery",

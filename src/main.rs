@@ -59,13 +59,13 @@ enum Command {
     },
     /// Print the first records of a topic as {"key":...,"value":...} lines.
     Peek {
-        /// Kafka bootstrap servers.
-        #[arg(
-            long,
-            env = "KAFLOWSQL_KAFKA_BROKERS",
-            default_value = "localhost:9092"
-        )]
-        brokers: String,
+        /// Kafka bootstrap servers (default: the config's, else localhost:9092).
+        #[arg(long, env = "KAFLOWSQL_KAFKA_BROKERS")]
+        brokers: Option<String>,
+        /// Global config whose `kafka` settings (security, properties) the
+        /// consumer uses, to read from a secured cluster.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Topic.
         #[arg(long)]
         topic: String,
@@ -128,10 +128,11 @@ fn main() -> ExitCode {
         Command::State { config, command } => state_cmd::state(config.as_deref(), &command),
         Command::Peek {
             brokers,
+            config,
             topic,
             count,
             headers,
-        } => peek(&brokers, &topic, count, headers),
+        } => peek(brokers, config.as_deref(), &topic, count, headers),
         Command::Explain { file } => explain(&file),
         Command::Test {
             pipeline,
@@ -158,9 +159,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn peek(brokers: &str, topic: &str, count: usize, headers: bool) -> anyhow::Result<ExitCode> {
-    let records =
-        kaflowsql::kafka::peek::peek(brokers, topic, count, std::time::Duration::from_secs(10))?;
+fn peek(
+    brokers: Option<String>,
+    config: Option<&std::path::Path>,
+    topic: &str,
+    count: usize,
+    headers: bool,
+) -> anyhow::Result<ExitCode> {
+    let global = kaflowsql::config::GlobalConfig::load(config)?;
+    let mut properties = global.consumer_properties();
+    if let Some(b) = brokers {
+        properties.insert("bootstrap.servers".into(), b);
+    }
+    let records = kaflowsql::kafka::peek::peek(
+        &properties,
+        topic,
+        count,
+        std::time::Duration::from_secs(10),
+    )?;
     for r in &records {
         let mut line = testing::output_line(r.key.as_deref(), &r.value);
         if headers {

@@ -85,6 +85,17 @@ pub fn run(
         global.http.listen
     );
     telemetry::serve(listener, registry.clone()).context("cannot start the HTTP server")?;
+    let profiling = &global.http.profiling;
+    if profiling.enabled {
+        let listener = TcpListener::bind(&profiling.listen).with_context(|| {
+            format!(
+                "cannot listen on {} for /debug/pprof/profile; set http.profiling.listen to a free address",
+                profiling.listen
+            )
+        })?;
+        telemetry::serve_profiling(listener).context("cannot start the profiling server")?;
+        info!(listen = %profiling.listen, "CPU profiles on http://{}/debug/pprof/profile", profiling.listen);
+    }
     let shutdown = Arc::new(AtomicBool::new(false));
     {
         let shutdown = shutdown.clone();

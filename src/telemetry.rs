@@ -16,7 +16,7 @@ mod http;
 mod pipeline;
 pub mod profile;
 
-pub use http::{router, serve};
+pub use http::{profiling_router, router, serve, serve_profiling};
 pub use pipeline::{ConsumerLag, PipelineMetrics};
 
 /// Histogram bucket bounds in seconds, from 10 µs.

@@ -165,6 +165,7 @@ const NATIVE: &[(&str, &[&str])] = &[
     ("lz4-sys", &["g++"]),
     ("bzip2-sys", &["g++"]),
     ("openssl-sys", &["libssl-dev", "pkg-config"]),
+    ("curl-sys", &["libcurl4-openssl-dev", "pkg-config"]),
     ("zstd-sys", &["g++"]),
     ("linux-raw-sys", &[]),
     ("windows-sys", &[]),

@@ -88,7 +88,19 @@ fn the_configmap_and_statefulset_run_a_valid_pipeline_per_partition() {
     let text = std::fs::read_to_string(root().join("deploy/k8s/configmap.yaml")).unwrap();
     let cm: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
     let global = cm["data"]["kaflowsql.yaml"].as_str().unwrap();
-    GlobalConfig::parse(Path::new("configmap:kaflowsql.yaml"), global).unwrap();
+    // The credentials are Secret values in the pod's environment, not ConfigMap text.
+    let env = |k: &str| {
+        ["KAFKA_USERNAME", "KAFKA_PASSWORD"]
+            .contains(&k)
+            .then(|| "x".to_string())
+    };
+    let parsed =
+        GlobalConfig::parse_with(Path::new("configmap:kaflowsql.yaml"), global, &env).unwrap();
+    assert_eq!(
+        parsed.consumer_properties()["security.protocol"],
+        "SASL_SSL"
+    );
+    assert!(!global.contains("password: ") || global.contains("password: { env: KAFKA_PASSWORD }"));
     let pipeline = cm["data"]["user_events.yaml"].as_str().unwrap();
     Pipeline::parse(Path::new("configmap:user_events.yaml"), pipeline)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -96,6 +108,19 @@ fn the_configmap_and_statefulset_run_a_valid_pipeline_per_partition() {
     let text = std::fs::read_to_string(root().join("deploy/k8s/statefulset.yaml")).unwrap();
     let sts: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
     let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    let from_secret: Vec<&str> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter(|e| e["valueFrom"]["secretKeyRef"]["name"].as_str() == Some("kaflowsql-kafka"))
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(from_secret, ["KAFKA_USERNAME", "KAFKA_PASSWORD"]);
+    let secret: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root().join("deploy/k8s/secret.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(secret["kind"].as_str(), Some("Secret"));
     let args: Vec<&str> = container["args"]
         .as_sequence()
         .unwrap()

@@ -10,7 +10,9 @@ mod support;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pprof::protos::Message;
-use support::{create_topics, localize, producer, require_broker, unique, Kaflowsql, Prometheus};
+use support::{
+    create_topics, http_get, localize, producer, require_broker, unique, Kaflowsql, Prometheus,
+};
 
 #[test]
 fn metrics_readiness_and_cpu_profile() {
@@ -25,7 +27,12 @@ fn metrics_readiness_and_cpu_profile() {
         (&renames["dim_symbols"], 1),
         (&renames["enriched_trades"], 1),
     ]);
-    let k = Kaflowsql::spawn(dir.path(), &[&local]);
+    let (k, profiling) = Kaflowsql::spawn_profiled(dir.path(), &[&local]);
+    assert_eq!(
+        k.get("/debug/pprof/profile?seconds=1").unwrap().0,
+        404,
+        "profiles are not served next to /metrics"
+    );
     // A real Prometheus scrapes it every second: the guide's PromQL runs on that.
     let prometheus = Prometheus::scraping(k.port);
     std::thread::sleep(Duration::from_secs(2));
@@ -113,9 +120,12 @@ fn metrics_readiness_and_cpu_profile() {
         k.metric("kaflowsql_events_processed_total") > 2_000.0
     });
     let before = k.metric("kaflowsql_events_processed_total");
-    let (status, body) = k
-        .get_bytes("/debug/pprof/profile?seconds=2", Duration::from_secs(30))
-        .unwrap();
+    let (status, body) = http_get(
+        profiling,
+        "/debug/pprof/profile?seconds=2",
+        Duration::from_secs(30),
+    )
+    .unwrap();
     eprintln!(
         "processed before profile {before}, after {}",
         k.metric("kaflowsql_events_processed_total")
@@ -139,12 +149,12 @@ fn metrics_readiness_and_cpu_profile() {
     // none (409), so try a few times.
     let mut svg_reply = None;
     for _ in 0..3 {
-        let reply = k
-            .get_bytes(
-                "/debug/pprof/profile?seconds=2&format=svg",
-                Duration::from_secs(30),
-            )
-            .unwrap();
+        let reply = http_get(
+            profiling,
+            "/debug/pprof/profile?seconds=2&format=svg",
+            Duration::from_secs(30),
+        )
+        .unwrap();
         let idle = reply.0 == 409;
         svg_reply = Some(reply);
         if !idle {

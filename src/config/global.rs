@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{read, yaml_diagnostic, ByteSize, ConfigError, Diagnostics};
+use super::security::{guarded, SecurityConfig};
+use super::{read, yaml_diagnostic, ByteSize, ConfigError, Diagnostic, Diagnostics, Locations};
 
 /// Default broker list.
 pub const fn default_brokers() -> &'static str {
@@ -33,14 +34,28 @@ pub struct GlobalConfig {
     /// HTTP server for metrics, health and profiling.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The librdkafka properties `kafka.security` stands for, secrets
+    /// resolved (filled by [`GlobalConfig::parse`]; never printed).
+    #[serde(skip)]
+    security_properties: Redacted,
+}
+
+/// Properties that hold secrets: `Debug` shows their keys only.
+#[derive(Clone, Default, PartialEq)]
+struct Redacted(BTreeMap<String, String>);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 /// Kafka client settings.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
-    /// `bootstrap.servers`.
-    #[serde(default = "brokers")]
+    /// `bootstrap.servers`: `host:port[,host:port...]`, or a YAML list of them.
+    #[serde(default = "brokers", deserialize_with = "string_or_list")]
     pub brokers: String,
     /// Consumer tuning (the guide's keys).
     #[serde(default)]
@@ -54,6 +69,23 @@ pub struct KafkaConfig {
     /// Schema registry URL (for Avro; not used yet).
     #[serde(default, rename = "schemaRegistry")]
     pub schema_registry: Option<String>,
+    /// TLS and SASL to the brokers.
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+/// A broker list written as one string or as a YAML list.
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Brokers {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Brokers::deserialize(d)? {
+        Brokers::One(s) => s,
+        Brokers::Many(list) => list.join(","),
+    })
 }
 
 fn brokers() -> String {
@@ -68,6 +100,7 @@ impl Default for KafkaConfig {
             producer: ProducerConfig::default(),
             properties: BTreeMap::new(),
             schema_registry: None,
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -139,9 +172,13 @@ pub struct RocksDbConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Listen address.
+    /// Listen address of `/metrics`, `/healthz` and `/readyz`.
     #[serde(default = "listen")]
     pub listen: String,
+    /// CPU profiling (`/debug/pprof/profile`), off unless enabled, on a
+    /// listener of its own.
+    #[serde(default)]
+    pub profiling: ProfilingConfig,
 }
 
 fn listen() -> String {
@@ -150,7 +187,42 @@ fn listen() -> String {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: listen() }
+        Self {
+            listen: listen(),
+            profiling: ProfilingConfig::default(),
+        }
+    }
+}
+
+/// `http.profiling`: sampling the process is costly and its unwinder is not
+/// signal-safe, so it is off by default and, when on, listens on loopback
+/// unless told otherwise (reach it with `kubectl port-forward`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilingConfig {
+    /// Whether `/debug/pprof/profile` is served.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Its listen address.
+    #[serde(default = "profiling_listen")]
+    pub listen: String,
+}
+
+/// Default listen address of the profiling endpoint: loopback only.
+pub const fn default_profiling_listen() -> &'static str {
+    "127.0.0.1:6060"
+}
+
+fn profiling_listen() -> String {
+    default_profiling_listen().to_string()
+}
+
+impl Default for ProfilingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: profiling_listen(),
+        }
     }
 }
 
@@ -168,13 +240,54 @@ impl GlobalConfig {
         Ok(config)
     }
 
-    /// Parses config text.
+    /// Parses config text; secrets are read from the process environment.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with(file, text, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses config text, reading secrets' environment variables through
+    /// `var`. Refuses, each at its line and column: what does not
+    /// deserialize, `kafka.properties` keys the delivery guarantee depends
+    /// on, and `kafka.security` settings that cannot work (a missing file,
+    /// an unset secret, SASL without credentials).
+    pub fn parse_with(
+        file: &Path,
+        text: &str,
+        var: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigError::Invalid(Diagnostics(vec![yaml_diagnostic(file, &e)])))
+        let mut config: Self = serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigError::Invalid(Diagnostics(vec![yaml_diagnostic(file, &e)])))?;
+        let at = Locations::of(text);
+        let mut problems = Vec::new();
+        for key in config.kafka.properties.keys() {
+            if let Some(why) = guarded(key) {
+                let path = format!("kafka.properties.{key}");
+                problems.push(
+                    Diagnostic::new(
+                        file,
+                        at.key(&path),
+                        format!("{path} cannot be set: {why}"),
+                    )
+                    .with_help("remove it; docs/operations.md (Delivery guarantee) lists the properties kaflowsql sets itself"),
+                );
+            }
+        }
+        match config.kafka.security.properties(var) {
+            Ok(p) => config.security_properties = Redacted(p),
+            Err(found) => problems.extend(
+                found
+                    .into_iter()
+                    .map(|p| Diagnostic::new(file, at.key(&p.path), p.message).with_help(p.help)),
+            ),
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(Diagnostics(problems)))
+        }
     }
 
     /// Applies `KAFLOWSQL_*` overrides read through `var`.
@@ -192,7 +305,7 @@ impl GlobalConfig {
 
     /// librdkafka properties for a consumer, from the guide's keys and the pass-through map.
     pub fn consumer_properties(&self) -> BTreeMap<String, String> {
-        let mut p = BTreeMap::new();
+        let mut p = self.security_properties.0.clone();
         p.insert("bootstrap.servers".into(), self.kafka.brokers.clone());
         let c = &self.kafka.consumer;
         if let Some(v) = c.fetch_min_bytes {
@@ -207,7 +320,7 @@ impl GlobalConfig {
 
     /// librdkafka properties for a producer, from the guide's keys and the pass-through map.
     pub fn producer_properties(&self) -> BTreeMap<String, String> {
-        let mut p = BTreeMap::new();
+        let mut p = self.security_properties.0.clone();
         p.insert("bootstrap.servers".into(), self.kafka.brokers.clone());
         let c = &self.kafka.producer;
         if let Some(v) = c.batch_size {
@@ -289,6 +402,49 @@ state:
         assert_eq!(producer["client.id"], "kaflowsql-test");
         assert!(!producer.contains_key("fetch.min.bytes"));
         assert_eq!(c.http.listen, "0.0.0.0:8080");
+    }
+
+    #[test]
+    fn brokers_may_be_a_list_and_security_reaches_every_client() {
+        let c = GlobalConfig::parse_with(
+            Path::new("k.yaml"),
+            "kafka:\n  brokers: [a:9092, b:9092]\n  security:\n    protocol: SASL_SSL\n    sasl: { mechanism: PLAIN, username: key, password: { env: SECRET } }\n",
+            &|k| (k == "SECRET").then(|| "v".to_string()),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.brokers, "a:9092,b:9092");
+        for p in [c.consumer_properties(), c.producer_properties()] {
+            assert_eq!(p["security.protocol"], "SASL_SSL");
+            assert_eq!(p["sasl.password"], "v");
+        }
+        assert!(
+            !format!("{c:?}").contains("\"v\""),
+            "the secret is not in Debug"
+        );
+    }
+
+    #[test]
+    fn guarded_properties_and_unusable_security_are_refused_at_their_line() {
+        let err = GlobalConfig::parse_with(
+            Path::new("k.yaml"),
+            "kafka:\n  properties:\n    client.id: x\n    enable.auto.commit: \"true\"\n  security:\n    sasl: { mechanism: SCRAM-SHA-512, username: u, password: { env: PW } }\n",
+            &|_| None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("k.yaml:4:5: error: kafka.properties.enable.auto.commit cannot be set"),
+            "{err}"
+        );
+        assert!(err.contains("k.yaml:6:"), "{err}");
+        assert!(err.contains("`PW` is not set"), "{err}");
+    }
+
+    #[test]
+    fn profiling_is_off_and_on_loopback_by_default() {
+        let c = GlobalConfig::parse(Path::new("k.yaml"), GUIDE).unwrap();
+        assert!(!c.http.profiling.enabled);
+        assert_eq!(c.http.profiling.listen, "127.0.0.1:6060");
     }
 
     #[test]

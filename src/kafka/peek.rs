@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::KafkaError;
 
@@ -20,17 +22,27 @@ pub struct Peeked {
 }
 
 /// Up to `count` records of `topic` from the beginning of each partition,
-/// waiting at most `timeout`.
+/// waiting at most `timeout`; the consumer has `properties` (the global
+/// config's: brokers, security) under its own group, never committing.
 pub fn peek(
-    brokers: &str,
+    properties: &BTreeMap<String, String>,
     topic: &str,
     count: usize,
     timeout: Duration,
 ) -> Result<Vec<Peeked>, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "kaflowsql-peek")
-        .set("enable.auto.commit", "false")
+    let brokers = properties
+        .get("bootstrap.servers")
+        .map_or("localhost:9092", String::as_str);
+    let base = super::properties(&[
+        ("bootstrap.servers", brokers),
+        ("group.id", "kaflowsql-peek"),
+        ("enable.auto.commit", "false"),
+    ]);
+    let own = super::properties(&[
+        ("group.id", "kaflowsql-peek"),
+        ("enable.auto.commit", "false"),
+    ]);
+    let consumer: BaseConsumer = super::client_config([&base, properties, &own])
         .create()
         .map_err(|e| KafkaError::client("cannot create a consumer", e))?;
     let md = consumer

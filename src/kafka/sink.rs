@@ -29,6 +29,8 @@ pub struct Delivered {
 #[derive(Default)]
 pub struct SinkContext {
     reports: Mutex<Reports>,
+    /// What the cluster refused, if it did.
+    refusal: super::refusal::Refusal,
 }
 
 #[derive(Default)]
@@ -37,7 +39,11 @@ struct Reports {
     failure: Option<KafkaError>,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.refusal.note(&error, reason);
+    }
+}
 
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = usize;
@@ -219,6 +225,12 @@ impl Sink {
     }
 
     fn check_failure(&self) -> Result<(), KafkaError> {
+        if let Some(reason) = self.producer.context().refusal.get() {
+            return Err(KafkaError::Refused {
+                context: "cannot produce".into(),
+                reason,
+            });
+        }
         let mut reports = Self::reports(&self.producer)?;
         match reports.failure.take() {
             Some(e) => Err(e),

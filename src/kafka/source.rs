@@ -14,6 +14,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::bootstrap::{Bootstrap, Outcome};
+use super::refusal::RefusalContext;
 use super::sink::CommitOffsets;
 use super::{client_config, KafkaError};
 use crate::error::LogLimit;
@@ -57,6 +58,14 @@ pub struct SourceContext {
     /// (one relaxed load per poll instead of a lock).
     changes: Mutex<Vec<Rebalanced>>,
     changed: AtomicBool,
+    /// What the cluster refused, if it did.
+    refusal: super::refusal::Refusal,
+}
+
+impl super::refusal::Refusals for SourceContext {
+    fn refusal(&self) -> &super::refusal::Refusal {
+        &self.refusal
+    }
 }
 
 impl SourceContext {
@@ -76,6 +85,10 @@ fn partitions_of(list: &TopicPartitionList) -> Vec<(String, i32)> {
 }
 
 impl ClientContext for SourceContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.refusal.note(&error, reason);
+    }
+
     /// Reads consumer lag from librdkafka's statistics JSON directly (only the
     /// fields needed, so brokers that leave others out do not break it).
     fn stats_raw(&self, statistics: &[u8]) {
@@ -224,22 +237,38 @@ fn poll<C: ConsumerContext>(
     })
 }
 
-/// Partition count of each topic; a missing topic is an error.
-pub fn partition_counts(
-    consumer: &BaseConsumer<impl ConsumerContext>,
+/// Partition count of each topic; a missing topic is an error, and so is
+/// a refusal of the cluster (credentials, TLS), reported within about a
+/// second of librdkafka seeing it rather than after the whole wait.
+pub fn partition_counts<C: ConsumerContext + super::refusal::Refusals>(
+    consumer: &BaseConsumer<C>,
     topics: &[String],
     brokers: &str,
 ) -> Result<BTreeMap<String, usize>, KafkaError> {
     let mut counts = BTreeMap::new();
     for topic in topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .map_err(|e| {
-                KafkaError::client(
-                    format!("cannot read metadata of `{topic}` from {brokers}"),
-                    e,
-                )
-            })?;
+        let context = || format!("cannot read metadata of `{topic}` from {brokers}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let md = loop {
+            match consumer.fetch_metadata(Some(topic), Duration::from_secs(1)) {
+                Ok(md) => break md,
+                Err(e) => {
+                    // librdkafka hands its error events to the context only
+                    // while the consumer is polled (nothing is assigned yet:
+                    // no record can come).
+                    let _ = consumer.poll(Duration::ZERO);
+                    if let Some(reason) = consumer.context().refusal().get() {
+                        return Err(KafkaError::Refused {
+                            context: context(),
+                            reason,
+                        });
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(KafkaError::client(context(), e));
+                    }
+                }
+            }
+        };
         let n = md
             .topics()
             .iter()
@@ -328,6 +357,7 @@ impl EventSource {
                 assigned: AtomicBool::new(false),
                 changes: Mutex::new(Vec::new()),
                 changed: AtomicBool::new(false),
+                refusal: Default::default(),
             })
             .map_err(|e| KafkaError::client("cannot create the consumer", e))?;
         let counts = partition_counts(&consumer, topics, brokers)?;
@@ -456,7 +486,7 @@ impl EventSource {
 /// Reads every partition of the dimension topics from the beginning.
 pub struct DimensionSource {
     /// The consumer (assigned, never committing).
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<RefusalContext>,
     bootstrap: Bootstrap,
     waiting_log: LogLimit,
 }
@@ -480,8 +510,8 @@ impl DimensionSource {
             ("auto.offset.reset", "earliest"),
             ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
         ]);
-        let consumer: BaseConsumer = client_config([&base, properties])
-            .create()
+        let consumer: BaseConsumer<RefusalContext> = client_config([&base, properties])
+            .create_with_context(RefusalContext::default())
             .map_err(|e| KafkaError::client("cannot create the dimension consumer", e))?;
         let counts = partition_counts(&consumer, topics, brokers)?;
         let mut list = TopicPartitionList::new();
@@ -571,7 +601,11 @@ impl DimensionSource {
 /// partition (`rd_kafka_get_watermark_offsets`: no request to the broker;
 /// rust-rdkafka does not wrap it). `None` before a fetch answered.
 #[allow(unsafe_code)]
-fn cached_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -> Option<i64> {
+fn cached_high_watermark(
+    consumer: &BaseConsumer<RefusalContext>,
+    topic: &str,
+    partition: i32,
+) -> Option<i64> {
     let topic = std::ffi::CString::new(topic).ok()?;
     let (mut low, mut high) = (-1_i64, -1_i64);
     // SAFETY: `native_ptr` is the live rd_kafka_t handle owned by `consumer`,

@@ -1,7 +1,10 @@
-//! The HTTP server operators and probes talk to: axum on a small tokio
+//! The HTTP servers operators and probes talk to: axum on a small tokio
 //! runtime of its own, so scrapes and profiles never touch the pipelines'
-//! threads. Routes: `/metrics`, `/healthz`, `/readyz`,
-//! `/debug/pprof/profile?seconds=N[&format=svg]`.
+//! threads. Routes: `/metrics`, `/healthz`, `/readyz` on `http.listen`;
+//! `/debug/pprof/profile?seconds=N[&format=svg]` only when
+//! `http.profiling.enabled`, on a listener of its own (loopback by default):
+//! profiling is costly and its unwinder is not signal-safe, so it is never
+//! exposed next to the scrape port by accident.
 
 use std::sync::Arc;
 
@@ -84,8 +87,37 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/debug/pprof/profile", get(pprof_profile))
         .with_state(registry)
+}
+
+/// The profiling route.
+pub fn profiling_router() -> Router {
+    Router::new().route("/debug/pprof/profile", get(pprof_profile))
+}
+
+/// Serves `/debug/pprof/profile` on `listener` (already bound) from a
+/// thread with its own single-threaded runtime.
+pub fn serve_profiling(listener: std::net::TcpListener) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .thread_name("kaflowsql-pprof")
+        .build()?;
+    std::thread::Builder::new()
+        .name("kaflowsql-pprof".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(error) => return warn!(%error, "Cannot serve profiles."),
+                };
+                if let Err(error) = axum::serve(listener, profiling_router()).await {
+                    warn!(%error, "The profiling server stopped.");
+                }
+            })
+        })?;
+    Ok(())
 }
 
 /// Serves the routes on `listener` (already bound, so a busy port is an

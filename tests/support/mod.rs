@@ -308,6 +308,16 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> Option<(u16, Vec<u8
     Some((status, raw[split + 4..].to_vec()))
 }
 
+/// Two different free ports on 127.0.0.1 (held together while chosen).
+pub fn free_ports() -> (u16, u16) {
+    let a = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
 /// A free port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -450,6 +460,18 @@ impl Kaflowsql {
         });
     }
 
+    /// [`Kaflowsql::spawn`] with CPU profiling enabled on a listener of its
+    /// own; returns the profiling port too.
+    pub fn spawn_profiled(dir: &Path, pipelines: &[&Path]) -> (Self, u16) {
+        let profiling = free_port();
+        // Continues the `http:` map the config ends with.
+        let config =
+            format!("  profiling:\n    enabled: true\n    listen: 127.0.0.1:{profiling}\n");
+        let k = Self::launch_with(&brokers(), dir, "state", pipelines, &[], &config);
+        k.wait_until(Duration::from_secs(30), |k| k.get("/healthz").is_some());
+        (k, profiling)
+    }
+
     /// Starts without waiting for readiness (the HTTP server answers at once).
     pub fn spawn(dir: &Path, pipelines: &[&Path]) -> Self {
         let k = Self::launch(&brokers(), dir, "state", pipelines, &[]);
@@ -478,7 +500,18 @@ impl Kaflowsql {
         extra: &[&str],
         config: &str,
     ) -> Self {
-        let port = free_port();
+        Self::launch_on(free_port(), brokers, dir, state, pipelines, extra, config)
+    }
+
+    fn launch_on(
+        port: u16,
+        brokers: &str,
+        dir: &Path,
+        state: &str,
+        pipelines: &[&Path],
+        extra: &[&str],
+        config: &str,
+    ) -> Self {
         let config = write_config_with(brokers, dir, port, config);
         let log = dir.join(format!("kaflowsql-{port}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaflowsql"));
