@@ -102,6 +102,7 @@ fn state_config(dir: &Path, memory: Option<u64>) -> StateConfig {
             ..RocksDbConfig::default()
         },
         memory: memory.map(ByteSize),
+        ttl: None,
     }
 }
 

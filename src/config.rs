@@ -4,6 +4,7 @@
 
 mod diagnostic;
 mod duration;
+mod env;
 mod global;
 mod locate;
 mod pipeline;
@@ -11,12 +12,15 @@ pub mod security;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use duration::{parse_bytes, parse_duration, ByteSize, HumanDuration};
+pub use env::expand as expand_env;
 pub use global::{
     default_dimension_load_timeout, default_profiling_listen, GlobalConfig, HttpConfig,
     KafkaConfig, ProfilingConfig, RocksDbConfig, StateConfig,
 };
 pub use locate::{Locations, Position};
-pub use pipeline::{Emission, OnTimeout, Output, OutputFormat, Pipeline, SourceSpec};
+pub use pipeline::{
+    default_ttl_ms, Emission, OnTimeout, Output, OutputFormat, Pipeline, SourceSpec,
+};
 
 use std::path::{Path, PathBuf};
 

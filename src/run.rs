@@ -134,10 +134,17 @@ fn load(
         eprintln!("{e}");
         ExitCode::from(2)
     })?;
+    for w in &global.warnings {
+        eprintln!("{w}");
+    }
+    let default_ttl = global
+        .state
+        .ttl
+        .map_or(kaflowsql::config::default_ttl_ms(), |d| d.as_millis_i64());
     let mut pipelines = Vec::new();
     let mut invalid = false;
     for f in files {
-        match Pipeline::load(f) {
+        match Pipeline::load_with_default_ttl(f, default_ttl) {
             Ok(p) => pipelines.push(p),
             Err(e) => {
                 eprintln!("{e}");

@@ -34,6 +34,7 @@ fn config(dir: &Path, memory: Option<u64>) -> StateConfig {
             ..RocksDbConfig::default()
         },
         memory: memory.map(ByteSize),
+        ttl: None,
     }
 }
 

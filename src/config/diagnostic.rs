@@ -16,6 +16,8 @@ pub struct Diagnostic {
     pub message: String,
     /// What is allowed, or what to do.
     pub help: Option<String>,
+    /// A warning (the file loads; something in it is ignored), not an error.
+    pub warning: bool,
 }
 
 impl Diagnostic {
@@ -26,7 +28,14 @@ impl Diagnostic {
             position,
             message: message.into(),
             help: None,
+            warning: false,
         }
+    }
+
+    /// Makes it a warning: the file loads, and this says what is ignored.
+    pub fn as_warning(mut self) -> Self {
+        self.warning = true;
+        self
     }
 
     /// Adds what to do about it.
@@ -40,10 +49,11 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}:{}:{}: error: {}",
+            "{}:{}:{}: {}: {}",
             self.file.display(),
             self.position.line,
             self.position.column,
+            if self.warning { "warning" } else { "error" },
             self.message
         )?;
         if let Some(help) = &self.help {

@@ -34,6 +34,14 @@ pub struct GlobalConfig {
     /// HTTP server for metrics, health and profiling.
     #[serde(default)]
     pub http: HttpConfig,
+    /// KaflowSQL's `emitter` (a periodic emitter): accepted, ignored with a
+    /// warning (kaflowsql emits per micro-batch; see `emission`).
+    #[serde(default)]
+    pub emitter: Option<serde_yaml_ng::Value>,
+    /// Keys accepted for KaflowSQL's files that kaflowsql ignores, each with
+    /// what to use instead (logged once at start).
+    #[serde(skip)]
+    pub warnings: Vec<Diagnostic>,
     /// The librdkafka properties `kafka.security` stands for, secrets
     /// resolved (filled by [`GlobalConfig::parse`]; never printed).
     #[serde(skip)]
@@ -69,6 +77,10 @@ pub struct KafkaConfig {
     /// Schema registry URL (for Avro; not used yet).
     #[serde(default, rename = "schemaRegistry")]
     pub schema_registry: Option<String>,
+    /// KaflowSQL's `kafka.useAvro`: every source is Avro in Confluent's
+    /// wire format (not supported yet: refused at load when true).
+    #[serde(default, rename = "useAvro")]
+    pub use_avro: bool,
     /// TLS and SASL to the brokers.
     #[serde(default)]
     pub security: SecurityConfig,
@@ -100,6 +112,7 @@ impl Default for KafkaConfig {
             producer: ProducerConfig::default(),
             properties: BTreeMap::new(),
             schema_registry: None,
+            use_avro: false,
             security: SecurityConfig::default(),
         }
     }
@@ -150,6 +163,10 @@ pub struct StateConfig {
     /// Memory budget for hot state.
     #[serde(default)]
     pub memory: Option<ByteSize>,
+    /// KaflowSQL's `state.ttl`: the TTL of event streams in pipelines that
+    /// set neither `state.events.default_ttl` nor `window`.
+    #[serde(default)]
+    pub ttl: Option<super::HumanDuration>,
 }
 
 /// RocksDB tuning keys from the guide.
@@ -166,6 +183,9 @@ pub struct RocksDbConfig {
     pub block_size: Option<ByteSize>,
     /// Block cache in bytes.
     pub block_cache: Option<ByteSize>,
+    /// KaflowSQL's periodic (and S3) checkpoints: accepted, ignored with a
+    /// warning (kaflowsql checkpoints with every delivered epoch).
+    pub checkpoint: Option<serde_yaml_ng::Value>,
 }
 
 /// The HTTP server.
@@ -258,10 +278,12 @@ impl GlobalConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
+        let text = &super::env::expand(file, text, var)
+            .map_err(|d| ConfigError::Invalid(Diagnostics(d)))?;
         let mut config: Self = serde_yaml_ng::from_str(text)
             .map_err(|e| ConfigError::Invalid(Diagnostics(vec![yaml_diagnostic(file, &e)])))?;
         let at = Locations::of(text);
-        let mut problems = Vec::new();
+        let mut problems: Vec<Diagnostic> = Vec::new();
         for key in config.kafka.properties.keys() {
             if let Some(why) = guarded(key) {
                 let path = format!("kafka.properties.{key}");
@@ -274,6 +296,37 @@ impl GlobalConfig {
                     .with_help("remove it; docs/operations.md (Delivery guarantee) lists the properties kaflowsql sets itself"),
                 );
             }
+        }
+        let mut warn = |path: &str, message: &str, help: &str| {
+            config.warnings.push(
+                Diagnostic::new(file, at.key(path), message.to_string())
+                    .with_help(help.to_string())
+                    .as_warning(),
+            )
+        };
+        if config.emitter.is_some() {
+            warn(
+                "emitter",
+                "emitter is ignored: kaflowsql emits the rows of each micro-batch as soon as it is evaluated",
+                "remove it; a pipeline's `emission` (immediate, or smart with `require` and `timeout`) decides when rows go out",
+            );
+        }
+        if config.state.rocksdb.checkpoint.is_some() {
+            warn(
+                "state.rocksdb.checkpoint",
+                "state.rocksdb.checkpoint is ignored: kaflowsql checkpoints state with every delivered micro-batch (WAL synced before offsets are committed), and has no S3 checkpoints",
+                "remove it; keep state on a persistent volume (docs/operations.md, State); a lost volume is rebuilt from Kafka",
+            );
+        }
+        if config.kafka.use_avro {
+            problems.push(
+                Diagnostic::new(
+                    file,
+                    at.key("kafka.useAvro"),
+                    "kafka.useAvro: true: Avro input through a schema registry is not supported yet",
+                )
+                .with_help("produce JSON values, or leave useAvro out (issue #17 tracks Avro)"),
+            );
         }
         match config.kafka.security.properties(var) {
             Ok(p) => config.security_properties = Redacted(p),
@@ -438,6 +491,38 @@ state:
         );
         assert!(err.contains("k.yaml:6:"), "{err}");
         assert!(err.contains("`PW` is not set"), "{err}");
+    }
+
+    /// KaflowSQL's global config shape: brokers as a list, `${VAR}` and
+    /// `${VAR:-default}`, keys kaflowsql has in another form accepted with
+    /// a warning that says what to use instead.
+    #[test]
+    fn kaflowsql_files_load_with_warnings_for_what_is_ignored() {
+        let text = "kafka:\n  brokers: [\"${KAFKA_BROKERS}\"]\n  schemaRegistry: http://localhost:8081\nemitter:\n  interval: 1s\nstate:\n  ttl: ${STATE_TTL:-24h}\n  rocksdb:\n    path: /var/lib/kaflowsql\n    checkpoint:\n      enabled: true\n      interval: 5m\n      s3: { enabled: false, bucket: b, region: r, endpoint: e, accessKey: a, secretKey: s, prefix: p }\n";
+        let env = |k: &str| (k == "KAFKA_BROKERS").then(|| "k1:9092".to_string());
+        let c = GlobalConfig::parse_with(Path::new("kaflowsql.yaml"), text, &env).unwrap();
+        assert_eq!(c.kafka.brokers, "k1:9092");
+        assert_eq!(
+            c.state.ttl.map(|d| d.0),
+            Some(std::time::Duration::from_secs(86_400))
+        );
+        let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("kaflowsql.yaml:4:1: warning: emitter is ignored"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].contains("state.rocksdb.checkpoint is ignored"),
+            "{warnings:?}"
+        );
+        let avro = GlobalConfig::parse_with(Path::new("k.yaml"), "kafka:\n  useAvro: true\n", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            avro.starts_with("k.yaml:2:3: error: kafka.useAvro"),
+            "{avro}"
+        );
     }
 
     #[test]

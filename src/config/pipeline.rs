@@ -62,6 +62,41 @@ struct RawOutput {
     /// (new) Dead-letter topic; defaults to `<name>.dlq`.
     #[serde(default)]
     dlq_topic: Option<String>,
+    /// KaflowSQL's inline Avro schema of the output value.
+    #[serde(default)]
+    schema: Option<RawSchema>,
+}
+
+/// KaflowSQL's inline `output.schema`: an Avro record. Its field names are
+/// checked against the SELECT; the rest is read for the Avro writer, which
+/// is not built yet (issue #17).
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchema {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    doc: Option<String>,
+    fields: Vec<RawSchemaField>,
+}
+
+/// One field of an inline schema: `{name, type}` (type an Avro type:
+/// `string`, `long`, `["null", "string"]`, ...), with an optional default.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchemaField {
+    name: String,
+    #[serde(rename = "type")]
+    kind: serde_yaml_ng::Value,
+    #[serde(default)]
+    default: Option<serde_yaml_ng::Value>,
+    #[serde(default)]
+    doc: Option<String>,
 }
 
 /// How output values are written.
@@ -214,8 +249,27 @@ impl Pipeline {
         Self::parse(file, &text)
     }
 
-    /// Validates pipeline `text` read from `file`.
+    /// Loads a pipeline file whose event streams default to a TTL of
+    /// `default_ttl_ms` when it sets none (the global config's `state.ttl`).
+    pub fn load_with_default_ttl(file: &Path, default_ttl_ms: i64) -> Result<Self, ConfigError> {
+        let text = read(file)?;
+        Self::parse_with_default_ttl(file, &text, default_ttl_ms)
+    }
+
+    /// Validates pipeline `text` read from `file`, after `${VAR}` and
+    /// `${VAR:-default}` are expanded from the environment.
     pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::parse_with_default_ttl(file, text, default_ttl_ms())
+    }
+
+    /// [`Pipeline::parse`] with event streams defaulting to `default_ttl_ms`.
+    pub fn parse_with_default_ttl(
+        file: &Path,
+        text: &str,
+        default_ttl_ms: i64,
+    ) -> Result<Self, ConfigError> {
+        let text = &super::env::expand(file, text, &|k| std::env::var(k).ok())
+            .map_err(|d| ConfigError::Invalid(Diagnostics(d)))?;
         let raw: RawPipeline = serde_yaml_ng::from_str(text)
             .map_err(|e| ConfigError::Invalid(Diagnostics(vec![yaml_diagnostic(file, &e)])))?;
         let locations = Locations::of(text);
@@ -224,6 +278,7 @@ impl Pipeline {
             text,
             locations: &locations,
             problems: Diagnostics::default(),
+            default_ttl_ms,
         }
         .validate(raw)
     }
@@ -349,5 +404,28 @@ state:
         assert!(problems(&text)[0].message.contains("require is empty"));
         let text = SPEC.replace("type: smart", "type: immediate");
         assert!(problems(&text)[0].message.contains("`immediate`"));
+    }
+
+    /// KaflowSQL's pipeline shape: an inline Avro `output.schema` is read
+    /// and its fields checked against the SELECT, `${VAR:-default}` expands;
+    /// Avro output itself is refused until it is built (issue #17).
+    #[test]
+    fn kaflowsql_output_schema_is_checked_against_the_select() {
+        let text = "name: p\nquery: |\n  SELECT e.user_id, e.amount FROM ${SRC_TOPIC:-events} e\noutput:\n  topic: out\n  format: json\n  schema:\n    name: Enriched\n    fields:\n      - { name: user_id, type: string }\n      - { name: amount, type: [\"null\", \"double\"], default: null }\n      - { name: plan, type: string }\n";
+        let d = problems(text);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].message.contains("`plan`, which is not a column"),
+            "{}",
+            d[0]
+        );
+        assert_eq!(d[0].position.line, 12);
+        let ok = text.replace("      - { name: plan, type: string }\n", "");
+        let p = Pipeline::parse(Path::new("p.yaml"), &ok).unwrap();
+        assert_eq!(p.plan.sources[0].topic, "events");
+        let avro = ok.replace("format: json", "format: avro");
+        assert!(problems(&avro)[0]
+            .message
+            .contains("`avro` is not supported yet"));
     }
 }

@@ -402,6 +402,7 @@ state:
                 ..RocksDbConfig::default()
             },
             memory: None,
+            ttl: None,
         };
         let p = pipeline();
         let mut e = engine();

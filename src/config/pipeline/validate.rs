@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{
-    default_max_ahead_ms, default_ttl_ms, Emission, EmissionKind, Output, OutputFormat, Pipeline,
-    RawPipeline, SourceSpec,
+    default_max_ahead_ms, Emission, EmissionKind, Output, OutputFormat, Pipeline, RawPipeline,
+    SourceSpec,
 };
 use crate::codec::ColumnType;
 use crate::config::{ConfigError, Diagnostic, Diagnostics, Locations, Position};
@@ -20,6 +20,9 @@ pub(super) struct Validator<'a> {
     pub(super) text: &'a str,
     pub(super) locations: &'a Locations,
     pub(super) problems: Diagnostics,
+    /// The TTL of event streams when the file sets none (the global
+    /// config's `state.ttl`, else [`default_ttl_ms`]).
+    pub(super) default_ttl_ms: i64,
 }
 
 fn is_topic_name(name: &str) -> bool {
@@ -166,6 +169,28 @@ impl Validator<'_> {
                 "use letters, digits, `.`, `_` and `-`",
             );
         }
+        if let Some(schema) = &raw.output.schema {
+            // Each field of the inline schema must be a column of the
+            // SELECT (the schema is the output value's shape).
+            if schema.kind.as_deref().is_some_and(|k| k != "record") {
+                self.at_value(
+                    "output.schema.type",
+                    "output.schema.type must be `record`".to_string(),
+                    "the output value is an Avro record: type: record (or leave type out)",
+                );
+            }
+            if shape.plan.is_some() {
+                for (i, f) in schema.fields.iter().enumerate() {
+                    if shape.output(&f.name).is_none() {
+                        self.at_value(
+                            &format!("output.schema.fields[{i}].name"),
+                            format!("output.schema names the field `{}`, which is not a column of the SELECT", f.name),
+                            format!("name one of the output columns: {}", shape.outputs.join(", ")),
+                        );
+                    }
+                }
+            }
+        }
         if raw.output.format == OutputFormat::Avro {
             self.at_value(
                 "output.format",
@@ -211,7 +236,7 @@ impl Validator<'_> {
     /// `state`: the TTL of every topic the query reads (None: a dimension,
     /// never expires); overrides and dimensions must name those topics.
     fn ttls(&mut self, raw: &RawPipeline, shape: &Shape<'_>) -> BTreeMap<String, Option<i64>> {
-        let default_ttl = default_ttl_of(raw);
+        let default_ttl = default_ttl_of(raw, self.default_ttl_ms);
         for topic in raw.state.events.overrides.keys() {
             if !shape.reads(topic) {
                 self.at_key(
@@ -298,7 +323,7 @@ impl Validator<'_> {
         let driving_ttl = shape
             .plan
             .and_then(|p| ttl_ms.get(&p.sources[0].topic).copied().flatten())
-            .unwrap_or_else(|| default_ttl_of(raw));
+            .unwrap_or_else(|| default_ttl_of(raw, self.default_ttl_ms));
         Emission::Smart {
             require,
             timeout_ms: e.timeout.map(|d| d.as_millis_i64()).unwrap_or(driving_ttl),
@@ -348,13 +373,13 @@ impl Validator<'_> {
 }
 
 /// The TTL of event streams: `state.events.default_ttl`, else `window`, else an hour.
-fn default_ttl_of(raw: &RawPipeline) -> i64 {
+fn default_ttl_of(raw: &RawPipeline, otherwise: i64) -> i64 {
     raw.state
         .events
         .default_ttl
         .or(raw.window)
         .map(|d| d.as_millis_i64())
-        .unwrap_or(default_ttl_ms())
+        .unwrap_or(otherwise)
 }
 
 /// What the other sections are checked against: the query's topics and
