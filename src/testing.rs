@@ -47,8 +47,10 @@ struct InputLine {
     topic: String,
     #[serde(default)]
     key: Option<Json>,
+    /// The value as written in the file (its members' order and number
+    /// texts kept, as a producer would send them).
     #[serde(default)]
-    value: Option<Json>,
+    value: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     raw: Option<String>,
     /// Absent or null: the record has no Kafka timestamp.
@@ -106,8 +108,9 @@ pub fn read_input(file: &Path) -> Result<Vec<Recorded>, TestError> {
             .or_insert(0);
         let value = match (&rec.raw, &rec.value) {
             (Some(raw), _) => Some(raw.as_bytes().to_vec()),
-            (None, Some(Json::Null)) | (None, None) => None,
-            (None, Some(v)) => Some(v.to_string().into_bytes()),
+            (None, Some(v)) if v.get() == "null" => None,
+            (None, None) => None,
+            (None, Some(v)) => Some(v.get().as_bytes().to_vec()),
         };
         out.push(Recorded {
             topic: rec.topic,
@@ -327,6 +330,25 @@ mod tests {
             compare(&a, &dup, true).missing,
             vec!["{\"k\":1}".to_string()]
         );
+    }
+
+    /// An input record's value is sent as written: member order and number
+    /// texts (a big integer, `1.0`) are kept, as a producer would send them.
+    #[test]
+    fn input_values_are_sent_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("in.jsonl");
+        std::fs::write(
+            &file,
+            "{\"topic\":\"t\",\"key\":\"k\",\"timestamp\":1,\"value\":{\"z\":1.0,\"a\":123456789012345678901234}}\n{\"topic\":\"t\",\"key\":\"k\",\"value\":null}\n",
+        )
+        .unwrap();
+        let records = read_input(&file).unwrap();
+        assert_eq!(
+            records[0].value.as_deref(),
+            Some(&br#"{"z":1.0,"a":123456789012345678901234}"#[..])
+        );
+        assert_eq!(records[1].value, None, "null is a tombstone");
     }
 
     #[test]
