@@ -144,6 +144,25 @@ fn the_plan_for_a_fresh_machine_holds_every_requirement_it_lacks() {
     assert!(plan(&everything, &[]).is_empty());
 }
 
+/// `--flink` adds the Java runtime of Flink's mini-cluster (the differential
+/// suite's reference), and only with that flag.
+#[test]
+fn the_flink_group_is_planned_only_with_its_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let without_java = dir.path().join("no-java.txt");
+    let listed: Vec<String> = names(&fresh_file())
+        .into_iter()
+        .filter(|n| !n.starts_with("openjdk-"))
+        .collect();
+    std::fs::write(&without_java, listed.join("\n")).unwrap();
+    let java = "openjdk-17-jre-headless";
+    assert!(plan(&without_java, &["--flink"]).contains(java));
+    assert!(!plan(&without_java, &[]).contains(java));
+    assert!(!plan(&without_java, &["--build"]).contains(java));
+    // The fresh image has it.
+    assert!(!plan(&fresh_file(), &["--flink"]).contains(java));
+}
+
 /// Crates of `Cargo.lock` that build or link native code, and the apt
 /// packages (alternatives joined by `|`) they need on Linux. An empty list:
 /// bundled and built by `cc` (g++/gcc is a requirement of its own), or not

