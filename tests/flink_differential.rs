@@ -33,8 +33,9 @@
 //! FLINK_DIFF_CASES=r1,iot cargo test --release --test flink_differential -- --nocapture
 //! ```
 //!
-//! `FLINK_DIFF_KAFLOWSQL=path` runs another kaflowsql binary; the harness's
-//! log (Flink's) and kaflowsql's are kept in `target/flink-differential/`.
+//! `FLINK_DIFF_KAFLOWSQL=path` runs another kaflowsql binary. The report,
+//! each case's rows on both sides, and the logs of the harness, of Flink and
+//! of kaflowsql are kept in `target/flink-differential/`.
 //!
 //! ## The semantics mapping (also in docs/sql-and-joins.md)
 //!
@@ -125,6 +126,8 @@ impl Harness {
             .arg(root.join("tests/flink/harness.py"))
             .env("KAFLOWSQL_TEST_BROKERS", brokers())
             .env("PYTHONUNBUFFERED", "1")
+            // Flink's own log (log4j) goes next to the harness's.
+            .env("FLINK_LOG_DIR", log.parent().unwrap_or(root))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).unwrap())

@@ -35,32 +35,26 @@ query's order, DOUBLE with a fraction or an exponent, DECIMAL as a plain
 number, DATE as "2024-01-02", TIMESTAMP as "2024-01-02 03:04:05[.fff]",
 ROW as an object, ARRAY as an array, MAP as an object).
 
-Jobs are planned one at a time (the planner is not thread-safe) and collected
-by a few threads at once. The process exits when stdin closes; the JVM is its
+Everything runs in the main thread (the planner keeps state per Java thread);
+a few jobs run at once in the mini-cluster while the oldest one's rows are read. The process exits when stdin closes; the JVM is its
 child and goes with it (the Rust side also kills the whole process group).
 """
 
 import base64
 import collections
-import concurrent.futures
 import datetime
 import decimal
 import json
 import math
 import os
 import sys
-import threading
 import time
 import traceback
 
-OUT_LOCK = threading.Lock()
-
-
 def say(obj):
     """Writes one JSON line to stdout (the protocol channel)."""
-    with OUT_LOCK:
-        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def log(*parts):
@@ -190,8 +184,13 @@ def main():
         except Exception as e:  # reported to the Rust side, which fails the case
             say({"case": name, "error": "%s\n%s" % (e, traceback.format_exc()[-4000:])})
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, 1))
-    futures = []
+    # Everything goes through this one Python thread: Py4J then keeps one
+    # connection, served by one Java thread, the one that created the planner
+    # (Flink's planner keeps Calcite state per thread; planning from another
+    # thread fails with "NullPointerException: metadataHandlerProvider").
+    # Jobs still run at once: up to `workers` are submitted while the oldest
+    # one's rows are read.
+    pending = collections.deque()
     for line in sys.stdin:
         line = line.strip()
         if not line:
@@ -205,15 +204,15 @@ def main():
             for t in req["tables"]:
                 env.execute_sql("DROP TEMPORARY TABLE IF EXISTS %s" % quote(t["name"]))
                 env.execute_sql(ddl(t, brokers, "kf-flink-" + t["topic"]))
-            # Planned here, in this thread; executed by the mini-cluster.
             result = env.execute_sql(req["query"])
         except Exception as e:
             say({"case": name, "error": "%s\n%s" % (e, traceback.format_exc()[-4000:])})
             continue
-        futures.append(pool.submit(collect, name, result, began))
-    for f in futures:
-        f.result()
-    pool.shutdown()
+        pending.append((name, result, began))
+        if len(pending) >= max(workers, 1):
+            collect(*pending.popleft())
+    while pending:
+        collect(*pending.popleft())
     say({"done": True, "seconds": round(time.time() - started, 1)})
     # The gateway JVM is a child of this process: closing the gateway ends it.
     try:
