@@ -30,22 +30,21 @@ materialised (+I and +U add a row, -U and -D remove one), so a regular join's
 retractions (a LEFT join row replaced once its match arrives, a dimension
 update) leave only what a Flink sink with upserts would hold at the end.
 
-Each row is written as Flink's `json` format writes it (field names in the
-query's order, DOUBLE with a fraction or an exponent, DECIMAL as a plain
-number, DATE as "2024-01-02", TIMESTAMP as "2024-01-02 03:04:05[.fff]",
-ROW as an object, ARRAY as an array, MAP as an object).
+Each row is written by Flink's own `json` format (its
+JsonRowDataSerializationSchema with the format's defaults: TIMESTAMP as
+"2024-01-02 03:04:05", NULL fields written, ROW as an object in its fields'
+order), from the rows as Flink holds them (`collectInternal`): the text a
+Flink job writing the query's rows to Kafka as JSON would write. (PyFlink's
+own conversion of rows to Python fails on a NULL inside a ROW or an ARRAY.)
 
 Everything runs in the main thread (the planner keeps state per Java thread);
 a few jobs run at once in the mini-cluster while the oldest one's rows are read. The process exits when stdin closes; the JVM is its
 child and goes with it (the Rust side also kills the whole process group).
 """
 
-import base64
 import collections
-import datetime
-import decimal
+import importlib.metadata
 import json
-import math
 import os
 import sys
 import time
@@ -59,53 +58,6 @@ def say(obj):
 
 def log(*parts):
     print("flink-harness:", *parts, file=sys.stderr, flush=True)
-
-
-def enc(v, t=None):
-    """The JSON text of one value of Flink type `t`, as Flink's `json` format writes it."""
-    if v is None:
-        return "null"
-    fields = getattr(t, "fields", None)
-    if fields is not None:
-        # A ROW: an object with its field names, in order. PyFlink hands a
-        # nested ROW over as a Row holding one list, its field values.
-        values = list(v)
-        if len(values) == 1 and isinstance(values[0], list):
-            values = values[0]
-        return "{" + ",".join(json.dumps(f.name) + ":" + enc(x, f.data_type) for f, x in zip(fields, values)) + "}"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            # Flink writes NaN and infinities as strings.
-            return json.dumps("NaN" if v != v else ("Infinity" if v > 0 else "-Infinity"))
-        return repr(v)
-    if isinstance(v, decimal.Decimal):
-        return format(v, "f")
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, datetime.datetime):
-        text = v.strftime("%Y-%m-%d %H:%M:%S")
-        if v.microsecond:
-            text += (".%06d" % v.microsecond).rstrip("0")
-        return json.dumps(text)
-    if isinstance(v, (datetime.date, datetime.time)):
-        return json.dumps(v.isoformat())
-    if isinstance(v, (bytes, bytearray)):
-        return json.dumps(base64.b64encode(bytes(v)).decode())
-    if isinstance(v, dict):
-        kt, vt = getattr(t, "key_type", None), getattr(t, "value_type", None)
-        return "{" + ",".join(json.dumps(enc(k, kt).strip('"')) + ":" + enc(x, vt) for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        et = getattr(t, "element_type", None)
-        return "[" + ",".join(enc(x, et) for x in v) + "]"
-    raise TypeError("no JSON form for %r (%s)" % (v, type(v)))
-
-
-def row_json(names, types, row):
-    return "{" + ",".join(json.dumps(n, ensure_ascii=False) + ":" + enc(v, t) for n, t, v in zip(names, types, row)) + "}"
 
 
 def quote(name):
@@ -143,8 +95,8 @@ def main():
     brokers = os.environ.get("KAFLOWSQL_TEST_BROKERS", "127.0.0.1:9092")
     workers = int(os.environ.get("KAFLOWSQL_FLINK_JOBS", "3"))
     started = time.time()
+    from pyflink.java_gateway import get_gateway
     from pyflink.table import EnvironmentSettings, TableEnvironment
-    from pyflink.common import RowKind
 
     env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     config = env.get_config()
@@ -152,35 +104,39 @@ def main():
     config.set("pipeline.object-reuse", "true")
     # The mini-cluster runs a few jobs at once.
     config.set("taskmanager.numberOfTaskSlots", str(max(workers, 1) * 4))
-    import importlib.metadata
-
     say({"ready": True, "flink": importlib.metadata.version("apache-flink"), "seconds": round(time.time() - started, 1)})
 
-    kinds = {
-        RowKind.INSERT: ("+I", 1),
-        RowKind.UPDATE_BEFORE: ("-U", -1),
-        RowKind.UPDATE_AFTER: ("+U", 1),
-        RowKind.DELETE: ("-D", -1),
-    }
+    jvm = get_gateway().jvm
+    json_format = jvm.org.apache.flink.formats.json
+    sql_timestamps = jvm.org.apache.flink.formats.common.TimestampFormat.SQL
+    map_null_key_fail = json_format.JsonFormatOptions.MapNullKeyMode.FAIL
 
     def collect(name, result, began):
         try:
-            schema = result.get_table_schema()
-            names = list(schema.get_field_names())
-            types = list(schema.get_field_data_types())
+            j = result._j_table_result
+            row_type = j.getResolvedSchema().toPhysicalRowDataType().getLogicalType()
+            # The `json` format's serializer with its defaults: what a Flink
+            # job writing these rows to Kafka as JSON would write.
+            writer = json_format.JsonRowDataSerializationSchema(
+                row_type, sql_timestamps, map_null_key_fail, "null", False, False)
+            writer.open(None)
             rows = collections.Counter()
             changes = collections.Counter()
-            with result.collect() as it:
-                for row in it:
-                    kind, sign = kinds[row.get_row_kind()]
+            it = j.collectInternal()
+            try:
+                while it.hasNext():
+                    row = it.next()
+                    kind = row.getRowKind().shortString()
                     changes[kind] += 1
-                    text = row_json(names, types, row)
-                    rows[text] += sign
+                    text = bytes(writer.serialize(row)).decode("utf-8")
+                    rows[text] += 1 if kind in ("+I", "+U") else -1
                     if rows[text] < 0:
                         raise RuntimeError("the changelog retracts a row it never inserted: " + text)
+            finally:
+                it.close()
             final = [text for text, n in sorted(rows.items()) for _ in range(n)]
-            say({"case": name, "columns": names, "rows": final, "changes": dict(changes),
-                 "seconds": round(time.time() - began, 2)})
+            say({"case": name, "columns": list(j.getResolvedSchema().getColumnNames()), "rows": final,
+                 "changes": dict(changes), "seconds": round(time.time() - began, 2)})
         except Exception as e:  # reported to the Rust side, which fails the case
             say({"case": name, "error": "%s\n%s" % (e, traceback.format_exc()[-4000:])})
 
@@ -216,8 +172,6 @@ def main():
     say({"done": True, "seconds": round(time.time() - started, 1)})
     # The gateway JVM is a child of this process: closing the gateway ends it.
     try:
-        from pyflink.java_gateway import get_gateway
-
         get_gateway().shutdown()
     except Exception:
         pass
