@@ -792,6 +792,12 @@ fn kaflowsql_agrees_with_flink_sql() {
                     }
                 }
             }
+            if p.case.pending.is_some() && equal {
+                failures.push(format!(
+                    "{}: marked pending, but kaflowsql runs it now and agrees: remove `pending`",
+                    p.name
+                ));
+            }
             if p.case.known_difference.is_none() {
                 let fewest = o.kaflowsql.len().min(o.flink.len());
                 if fewest < p.case.min_rows {
