@@ -20,7 +20,9 @@
 //!    phase once kaflowsql has processed the one before;
 //! 4. sends every case to Flink, bounded by the end offsets produced
 //!    (`scan.bounded.mode = specific-offsets`: Tansu answers the latest offset
-//!    wrongly), and reads kaflowsql's output topics;
+//!    wrongly; `KAFLOWSQL_FLINK_JOBS`, default 3, jobs at once), which writes
+//!    its final rows with its own `json` format, and reads kaflowsql's output
+//!    topics;
 //! 5. compares each case's rows as multisets in the normal form of
 //!    `tests/flink/canon.rs` and asserts: equal rows, at least `min_rows`
 //!    of them, and no dead letter unless the case expects some.
@@ -59,13 +61,14 @@
 //!   complete or, with NULLs, when the watermark passes its deadline; a final
 //!   phase of sentinel records (which no join matches and `WHERE` drops)
 //!   moves kaflowsql's watermark past every deadline. Flink: the plain LEFT join.
-//! - **Known differences** stay in the suite, marked with an id of the
-//!   suite's report (docs/sql-and-joins.md, Flink SQL differences): the case
-//!   must still differ (else the mark is stale), and where the difference is
-//!   only one of number kind, the rows must be equal once `2` and `2.0` are
-//!   equated.
+//! - **Known differences** stay in the suite, marked with an id of
+//!   docs/sql-and-joins.md (Where kaflowsql differs from Flink SQL): the
+//!   case must still differ (else the mark is stale), and where the
+//!   difference is only one of number kind, the rows must be equal once `2`
+//!   and `2.0` are equated.
 //! - **Pending** cases (kaflowsql refuses the pipeline today) are skipped
-//!   while refused and must agree once the pipeline validates.
+//!   while refused; once the pipeline validates they run, and fail until
+//!   the mark is removed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
