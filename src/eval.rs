@@ -167,8 +167,13 @@ impl Evaluator {
     /// Opens an in-memory DuckDB with one thread (the pipeline is the parallelism).
     pub fn new() -> Result<Self, EvalError> {
         let conn = Connection::open_in_memory().map_err(EvalError::Setup)?;
-        conn.execute_batch("SET threads TO 1; SET preserve_insertion_order TO true;")
-            .map_err(EvalError::Setup)?;
+        // `/` on two integers is integer division, as in standard SQL, Flink
+        // SQL and ksqlDB (DuckDB's default gives a DOUBLE; the Flink
+        // differential suite's case x_int_division).
+        conn.execute_batch(
+            "SET threads TO 1; SET preserve_insertion_order TO true; SET integer_division TO true;",
+        )
+        .map_err(EvalError::Setup)?;
         conn.register_table_function::<BatchScan>("kf_batch")
             .map_err(EvalError::Setup)?;
         conn.set_prepared_statement_cache_capacity(64);
