@@ -82,6 +82,11 @@ enum Command {
         /// Pipeline files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also check this global config (what `run --config` reads: keys,
+        /// guarded properties, security files and secrets, warnings); its
+        /// `state.ttl` is the pipelines' default TTL, as in `run`.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Show how a pipeline runs: sources, roles, join keys, TTLs, emission, SQL.
     Explain {
@@ -124,7 +129,7 @@ fn main() -> ExitCode {
             log_json,
             &pipelines,
         ),
-        Command::Validate { files } => validate(&files),
+        Command::Validate { files, config } => validate(&files, config.as_deref()),
         Command::State { config, command } => state_cmd::state(config.as_deref(), &command),
         Command::Peek {
             brokers,
@@ -203,10 +208,28 @@ fn peek(
     })
 }
 
-fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn validate(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut failed = false;
+    let mut default_ttl = kaflowsql::config::default_ttl_ms();
+    if let Some(c) = config {
+        match kaflowsql::config::GlobalConfig::load(Some(c)) {
+            Ok(global) => {
+                for w in &global.warnings {
+                    eprintln!("{w}");
+                }
+                if let Some(ttl) = global.state.ttl {
+                    default_ttl = ttl.as_millis_i64();
+                }
+                println!("ok: {} (global config)", c.display());
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("{e}");
+            }
+        }
+    }
     for f in files {
-        match Pipeline::load(f) {
+        match Pipeline::load_with_default_ttl(f, default_ttl) {
             Ok(p) => println!("ok: {} (pipeline `{}`)", f.display(), p.name),
             Err(e) => {
                 failed = true;

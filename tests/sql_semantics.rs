@@ -488,3 +488,14 @@ fn nested_values_print_as_json_not_as_strings() {
         ]
     );
 }
+
+/// A quoted field name with a `"` inside, in a subscript, is read (the
+/// batch column's name is quoted by kaflowsql, inner quotes doubled).
+#[test]
+fn a_subscript_with_a_quote_reads_its_field() {
+    let p = pipeline("SELECT o.id, o.m['x\"y'] AS dq FROM orders o", &[]);
+    assert_eq!(
+        values(&p, &[("orders", "k", r#"{"id":"o1","m":{"x\"y":5}}"#)]),
+        [serde_json::json!({"id":"o1","dq":5})]
+    );
+}

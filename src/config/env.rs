@@ -3,7 +3,9 @@
 //! the YAML is read. An expansion never adds a line, so every later error
 //! still names the line it is on; an unset variable without a default is an
 //! error at its own line and column. Comment lines are left as they are, and
-//! `$${` writes a literal `${`.
+//! `$${` writes a literal `${`. The value is put in the text as it is (as in
+//! Compose): a secret belongs in `{ env: NAME }`, which is read as a value,
+//! not in `${NAME}`, whose `#` or `:` the YAML would read.
 
 use std::path::Path;
 
@@ -60,7 +62,9 @@ pub fn expand(
             };
             let valid =
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            let value = match (valid, var(name).filter(|v| !v.is_empty()), default) {
+            // As the shell and Compose: `${VAR:-d}` is `d` when VAR is unset
+            // or empty; `${VAR}` is VAR's value, empty included.
+            let value = match (valid, var(name), default) {
                 (false, _, _) => {
                     problems.push(
                         Diagnostic::new(
@@ -74,6 +78,7 @@ pub fn expand(
                     );
                     String::new()
                 }
+                (true, Some(v), Some(d)) if v.is_empty() => d.to_string(),
                 (true, Some(v), _) => v,
                 (true, None, Some(d)) => d.to_string(),
                 (true, None, None) => {
@@ -119,17 +124,18 @@ mod tests {
         match name {
             "KAFKA_BROKERS" => Some("k1:9092,k2:9092".into()),
             "EMPTY" => Some(String::new()),
+            "SET_EMPTY" => Some(String::new()),
             _ => None,
         }
     }
 
     #[test]
     fn variables_and_defaults_expand_on_their_line() {
-        let text = "kafka:\n  brokers: ${KAFKA_BROKERS}\nstate:\n  ttl: ${STATE_TTL:-24h}  # ${IN_COMMENT_AFTER_VALUE:-x}\n# ${NOT_EXPANDED}\nq: $${LITERAL} ${EMPTY:-d}\n";
+        let text = "kafka:\n  brokers: ${KAFKA_BROKERS}\nstate:\n  ttl: ${STATE_TTL:-24h}  # ${IN_COMMENT_AFTER_VALUE:-x}\n# ${NOT_EXPANDED}\nq: $${LITERAL} ${EMPTY:-d}\nr: '${SET_EMPTY}'\n";
         let out = expand(Path::new("k.yaml"), text, &env).unwrap();
         assert_eq!(
             out,
-            "kafka:\n  brokers: k1:9092,k2:9092\nstate:\n  ttl: 24h  # x\n# ${NOT_EXPANDED}\nq: ${LITERAL} d\n"
+            "kafka:\n  brokers: k1:9092,k2:9092\nstate:\n  ttl: 24h  # x\n# ${NOT_EXPANDED}\nq: ${LITERAL} d\nr: ''\n"
         );
     }
 

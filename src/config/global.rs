@@ -284,6 +284,14 @@ impl GlobalConfig {
             .map_err(|e| ConfigError::Invalid(Diagnostics(vec![yaml_diagnostic(file, &e)])))?;
         let at = Locations::of(text);
         let mut problems: Vec<Diagnostic> = Vec::new();
+        if config.kafka.brokers.split(',').all(|b| b.trim().is_empty()) {
+            problems.push(
+                Diagnostic::new(file, at.value("kafka.brokers"), "kafka.brokers is empty")
+                    .with_help(
+                    "give host:port of at least one broker, as a string (a:9092,b:9092) or a list",
+                ),
+            );
+        }
         for key in config.kafka.properties.keys() {
             if let Some(why) = guarded(key) {
                 let path = format!("kafka.properties.{key}");
@@ -339,6 +347,7 @@ impl GlobalConfig {
         if problems.is_empty() {
             Ok(config)
         } else {
+            problems.sort_by_key(|d| (d.position.line, d.position.column));
             Err(ConfigError::Invalid(Diagnostics(problems)))
         }
     }

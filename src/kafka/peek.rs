@@ -3,6 +3,8 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use super::refusal::RefusalContext;
 use rdkafka::message::Message;
 use std::collections::BTreeMap;
 
@@ -42,9 +44,11 @@ pub fn peek(
         ("group.id", "kaflowsql-peek"),
         ("enable.auto.commit", "false"),
     ]);
-    let consumer: BaseConsumer = super::client_config([&base, properties, &own])
-        .create()
+    let consumer: BaseConsumer<RefusalContext> = super::client_config([&base, properties, &own])
+        .create_with_context(RefusalContext::default())
         .map_err(|e| KafkaError::client("cannot create a consumer", e))?;
+    // The same check as `run`: a refusal (TLS, SASL) is named, not an outage.
+    super::source::partition_counts(&consumer, &[topic.to_string()], brokers)?;
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| KafkaError::client(format!("cannot read metadata of `{topic}`"), e))?;

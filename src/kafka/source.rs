@@ -253,17 +253,23 @@ pub fn partition_counts<C: ConsumerContext + super::refusal::Refusals>(
             match consumer.fetch_metadata(Some(topic), Duration::from_secs(1)) {
                 Ok(md) => break md,
                 Err(e) => {
-                    // librdkafka hands its error events to the context only
-                    // while the consumer is polled (nothing is assigned yet:
-                    // no record can come).
-                    let _ = consumer.poll(Duration::ZERO);
-                    if let Some(reason) = consumer.context().refusal().get() {
+                    if let Some(reason) = refusal_within(consumer, Duration::from_millis(200)) {
                         return Err(KafkaError::Refused {
                             context: context(),
                             reason,
                         });
                     }
                     if Instant::now() >= deadline {
+                        // librdkafka may report the refusal just after the
+                        // wait (a slow handshake, verbose debug logging):
+                        // a few more seconds to hear it before calling this
+                        // an outage.
+                        if let Some(reason) = refusal_within(consumer, Duration::from_secs(5)) {
+                            return Err(KafkaError::Refused {
+                                context: context(),
+                                reason,
+                            });
+                        }
                         return Err(KafkaError::client(context(), e));
                     }
                 }
@@ -284,6 +290,26 @@ pub fn partition_counts<C: ConsumerContext + super::refusal::Refusals>(
         counts.insert(topic.clone(), n);
     }
     Ok(counts)
+}
+
+/// Serves the consumer's events (librdkafka hands error events to the
+/// context only while it is polled; nothing is assigned yet, so no record
+/// comes) for up to `wait`, until a refusal is noted.
+fn refusal_within<C: ConsumerContext + super::refusal::Refusals>(
+    consumer: &BaseConsumer<C>,
+    wait: Duration,
+) -> Option<String> {
+    let until = Instant::now() + wait;
+    loop {
+        if let Some(reason) = consumer.context().refusal().get() {
+            return Some(reason);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let _ = consumer.poll(left.min(Duration::from_millis(50)));
+    }
 }
 
 /// Joined event streams must have one partition count.

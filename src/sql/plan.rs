@@ -615,6 +615,32 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        // A topic written where its alias is meant (`orders.x` with `FROM
+        // orders o`) is not a field of the record.
+        if let [first, _, ..] = parts {
+            let aliased = self
+                .sources
+                .iter()
+                .find(|s| s.topic == first.value && s.alias != first.value);
+            if let Some(s) = aliased {
+                return Err(SqlError::new(
+                    at(first.span),
+                    format!(
+                        "the source `{}` is named `{}` in this query",
+                        s.topic, s.alias
+                    ),
+                )
+                .help(format!(
+                    "write {}.{}",
+                    s.alias,
+                    parts[1..]
+                        .iter()
+                        .map(|p| p.value.as_str())
+                        .collect::<Vec<_>>()
+                        .join(".")
+                )));
+            }
+        }
         // The source: the first step when it names one and a field follows;
         // else (a path without it) the one source declaring its field.
         let alias = match steps.as_slice() {
@@ -629,7 +655,10 @@ impl<'a> Planner<'a> {
         let Some(((Step::Field(field), field_ident), inner)) = rest.split_first() else {
             return Ok(None);
         };
-        if alias.is_none() && !inner.is_empty() && parts.len() > 1 {
+        if alias.is_none() && !inner.is_empty() && parts.len() > 1 && self.sources.len() > 1 {
+            // With one source, `shipping.city` is its field's path (the
+            // alias may be left out, as for any column); with several, the
+            // first part must be a source or a column one declares.
             if let Some(first) = field_ident {
                 if self.declaring(first).is_err() {
                     // `x.col` with `x` neither a source nor a declared

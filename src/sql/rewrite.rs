@@ -119,7 +119,10 @@ fn rewrite(
             *e = if !present(r) {
                 Expr::Value(Value::Null.into())
             } else {
-                let column = Expr::Identifier(Ident::with_quote('"', batch_column_name(plan, r)));
+                // Quoted here (inner `"` doubled), not by sqlparser's
+                // Display, so a path with a quoted field (`m."x""y"`) names
+                // the batch column exactly.
+                let column = Expr::Identifier(Ident::new(quoted(&batch_column_name(plan, r))));
                 match plan.joins.iter().find(|j| j.source == r.source) {
                     Some(j) if Some(r.source) != raw && j.on.is_some() => {
                         let on = j.on.as_ref().map_or(String::new(), |on| {

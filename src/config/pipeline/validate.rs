@@ -179,7 +179,22 @@ impl Validator<'_> {
                     "the output value is an Avro record: type: record (or leave type out)",
                 );
             }
-            if shape.plan.is_some() {
+            let records = shape
+                .plan
+                .as_ref()
+                .is_some_and(|p| p.outputs.iter().any(|o| o.record));
+            for (i, f) in schema.fields.iter().enumerate() {
+                if schema.fields[..i].iter().any(|g| g.name == f.name) {
+                    self.at_value(
+                        &format!("output.schema.fields[{i}].name"),
+                        format!("output.schema names the field `{}` twice", f.name),
+                        "an Avro record's field names are unique: remove one",
+                    );
+                }
+            }
+            // With `alias.*` over a source without declared columns, a field
+            // may be one such a record brings (known per record).
+            if shape.plan.is_some() && !records {
                 for (i, f) in schema.fields.iter().enumerate() {
                     if shape.output(&f.name).is_none() {
                         self.at_value(

@@ -205,6 +205,13 @@ fn unreadable_paths_are_refused_with_their_position() {
     assert!(err.message.contains("[0]"), "{}", err.message);
     let err = plan_query("SELECT o.items[o.n] FROM orders o", &[]).unwrap_err();
     assert!(err.help.unwrap_or_default().contains("a.items[1]"));
+    // With one source the alias may be left out, as for any column.
+    let one = plan_query("SELECT shipping.city FROM orders o", &[]).unwrap();
+    assert_eq!(one.sources[0].columns, vec!["shipping.city"]);
+    // The topic's name where its alias is meant is refused, not a path.
+    let err = plan_query("SELECT orders.shipping.city FROM orders o", &[]).unwrap_err();
+    assert!(err.message.contains("named `o`"), "{}", err.message);
+    assert_eq!(err.help.as_deref(), Some("write o.shipping.city"));
     let err = plan_query(
         "SELECT shipping.city FROM orders o JOIN c ON o.id = c.id",
         &[],
