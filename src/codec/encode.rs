@@ -125,16 +125,7 @@ pub fn splice_records(
             continue;
         }
         for (field, inner) in serde_json::from_str::<FieldList<'_>>(value.get())?.0 {
-            let name = (0..)
-                .map(|n| {
-                    if n == 0 {
-                        field.to_string()
-                    } else {
-                        format!("{field}{}", n - 1)
-                    }
-                })
-                .find(|n| !taken.contains(n))
-                .unwrap_or_default();
+            let name = super::free_name(&field, |n| taken.contains(n));
             write(&name, inner, out);
             taken.insert(name);
         }

@@ -155,6 +155,18 @@ impl FieldPath {
     }
 }
 
+/// The first of `name`, `name0`, `name1`, ... that `taken` does not hold:
+/// how Flink (Calcite) names a column that `*` brings twice.
+pub fn free_name(name: &str, taken: impl Fn(&str) -> bool) -> String {
+    if !taken(name) {
+        return name.to_string();
+    }
+    (0u64..)
+        .map(|n| format!("{name}{n}"))
+        .find(|n| !taken(n))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +202,13 @@ mod tests {
             .text(),
             "items[1].sku"
         );
+    }
+
+    #[test]
+    fn a_taken_name_gets_the_first_free_number() {
+        let taken = ["id", "id0"];
+        assert_eq!(free_name("id", |n| taken.contains(&n)), "id1");
+        assert_eq!(free_name("x", |n| taken.contains(&n)), "x");
     }
 
     #[test]

@@ -338,16 +338,7 @@ impl<'a> Planner<'a> {
                     for (name, expr, record) in self.expand(item)? {
                         self.check_expr(&expr)?;
                         // As Flink (Calcite) does: a name `*` brings twice gets a number.
-                        let name = (0..)
-                            .map(|n| {
-                                if n == 0 {
-                                    name.clone()
-                                } else {
-                                    format!("{name}{}", n - 1)
-                                }
-                            })
-                            .find(|n| !names.contains(n))
-                            .unwrap_or_default();
+                        let name = crate::codec::free_name(&name, |n| names.contains(n));
                         names.insert(name.clone());
                         outputs.push(OutputColumn { name, expr, record });
                     }

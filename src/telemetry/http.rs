@@ -98,56 +98,51 @@ pub fn profiling_router() -> Router {
 /// Serves `/debug/pprof/profile` on `listener` (already bound) from a
 /// thread with its own single-threaded runtime.
 pub fn serve_profiling(listener: std::net::TcpListener) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .thread_name("kaflowsql-pprof")
-        .build()?;
-    std::thread::Builder::new()
-        .name("kaflowsql-pprof".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(error) => return warn!(%error, "Cannot serve profiles."),
-                };
-                if let Err(error) = axum::serve(listener, profiling_router()).await {
-                    warn!(%error, "The profiling server stopped.");
-                }
-            })
-        })?;
-    Ok(())
+    spawn_server("kaflowsql-pprof", listener, profiling_router(), None)
 }
 
 /// Serves the routes on `listener` (already bound, so a busy port is an
 /// error at start) from a thread with its own single-threaded runtime.
 pub fn serve(listener: std::net::TcpListener, registry: Arc<Registry>) -> std::io::Result<()> {
+    let app = router(registry.clone());
+    spawn_server("kaflowsql-http", listener, app, Some(registry))
+}
+
+/// Runs `app` on `listener` from a thread named `name` with its own
+/// single-threaded runtime; with `upkeep`, folds histogram samples into
+/// buckets between scrapes too.
+fn spawn_server(
+    name: &str,
+    listener: std::net::TcpListener,
+    app: Router,
+    upkeep: Option<Arc<Registry>>,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
-        .thread_name("kaflowsql-http")
+        .thread_name(name)
         .build()?;
+    let name = name.to_string();
     std::thread::Builder::new()
-        .name("kaflowsql-http".into())
+        .name(name.clone())
         .spawn(move || {
             runtime.block_on(async move {
-                // Histogram samples are folded into buckets between scrapes too.
-                let upkeep = registry.clone();
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(super::UPKEEP_INTERVAL);
-                    loop {
-                        tick.tick().await;
-                        upkeep.upkeep();
-                    }
-                });
+                if let Some(registry) = upkeep {
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(super::UPKEEP_INTERVAL);
+                        loop {
+                            tick.tick().await;
+                            registry.upkeep();
+                        }
+                    });
+                }
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
-                    Err(error) => return warn!(%error, "Cannot serve HTTP."),
+                    Err(error) => return warn!(%error, server = %name, "Cannot serve HTTP."),
                 };
-                if let Err(error) = axum::serve(listener, router(registry)).await {
-                    warn!(%error, "The HTTP server stopped.");
+                if let Err(error) = axum::serve(listener, app).await {
+                    warn!(%error, server = %name, "The HTTP server stopped.");
                 }
             })
         })?;
