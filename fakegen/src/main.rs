@@ -71,6 +71,11 @@ struct Args {
     /// Seed: the same seed gives the same data.
     #[arg(long, env = "FAKEGEN_SEED", default_value_t = 42)]
     seed: u64,
+    /// A librdkafka property for the admin client and the producer, as
+    /// `name=value` (repeatable): TLS and SASL to a secured cluster, for
+    /// example `-X security.protocol=SSL -X ssl.ca.location=ca.pem`.
+    #[arg(short = 'X', long = "property", value_name = "NAME=VALUE", value_parser = property)]
+    properties: Vec<(String, String)>,
     /// Skip the dimension records.
     #[arg(long, env = "FAKEGEN_NO_DIMENSIONS")]
     no_dimensions: bool,
@@ -124,7 +129,7 @@ fn now_ms() -> i64 {
 }
 
 fn create_topics(args: &Args, names: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin: AdminClient<DefaultClientContext> = with_properties(ClientConfig::new(), args)
         .set("bootstrap.servers", &args.brokers)
         .create()
         .context("cannot create the Kafka admin client")?;
@@ -204,12 +209,14 @@ fn main() -> anyhow::Result<()> {
         create_topics(&args, &names)?;
     }
     let delivery = Arc::new(Delivery::default());
-    let producer: BaseProducer<Counting> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &args.brokers)
         .set("linger.ms", "5")
         .set("batch.size", "1000000")
         .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "500000")
+        .set("queue.buffering.max.messages", "500000");
+    let producer: BaseProducer<Counting> = with_properties(config, &args)
         .create_with_context(Counting(delivery.clone()))
         .context("cannot create the producer")?;
     let mut rng = Rng::new(args.seed);
@@ -309,4 +316,37 @@ fn main() -> anyhow::Result<()> {
         bail!("{failed} records failed delivery (or the final flush timed out)");
     }
     Ok(())
+}
+
+/// `name=value` of `-X`.
+fn property(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("`{text}` is not NAME=VALUE")),
+    }
+}
+
+/// `config` with the `-X` properties on top.
+fn with_properties(mut config: ClientConfig, args: &Args) -> ClientConfig {
+    for (name, value) in &args.properties {
+        config.set(name, value);
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_are_name_equals_value() {
+        assert_eq!(
+            property("ssl.ca.location=/a=b.pem"),
+            Ok(("ssl.ca.location".to_string(), "/a=b.pem".to_string()))
+        );
+        assert!(property("security.protocol").is_err());
+        assert!(property("=x").is_err());
+    }
 }
