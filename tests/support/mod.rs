@@ -513,9 +513,22 @@ impl Kaflowsql {
         config: &str,
     ) -> Self {
         let config = write_config_with(brokers, dir, port, config);
+        Self::spawn_run(port, &config, dir, state, pipelines, extra)
+    }
+
+    /// `kaflowsql run --config <config>` listening on `port`, its log in
+    /// `dir` and its state in `dir/<state>`.
+    fn spawn_run(
+        port: u16,
+        config: &Path,
+        dir: &Path,
+        state: &str,
+        pipelines: &[&Path],
+        extra: &[&str],
+    ) -> Self {
         let log = dir.join(format!("kaflowsql-{port}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaflowsql"));
-        cmd.arg("run").arg("--config").arg(&config).args(extra);
+        cmd.arg("run").arg("--config").arg(config).args(extra);
         for p in pipelines {
             cmd.arg(p);
         }
@@ -540,21 +553,7 @@ impl Kaflowsql {
     ) -> Self {
         let port = free_port();
         let config = write_config_full(brokers, dir, port, properties, "");
-        let log = dir.join(format!("kaflowsql-{port}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kaflowsql"));
-        cmd.arg("run").arg("--config").arg(&config);
-        for p in pipelines {
-            cmd.arg(p);
-        }
-        let child = cmd
-            .env("KAFLOWSQL_IDLE_WATERMARK_MS", "600000")
-            .env("KAFLOWSQL_STATE_ROCKSDB_PATH", dir.join("state"))
-            .env("RUST_LOG", "info,rdkafka=warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let k = Self { child, port, log };
+        let k = Self::spawn_run(port, &config, dir, "state", pipelines, &[]);
         k.wait_until(Duration::from_secs(30), |k| k.get("/healthz").is_some());
         k
     }
