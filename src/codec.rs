@@ -3,12 +3,14 @@
 //! paths into nested objects and arrays), typing its values,
 //! and the canonical bytes of join keys.
 
+pub mod avro;
 mod decode;
 mod encode;
 mod key;
 mod path;
 mod value;
 
+pub use avro::{AvroError, AvroSchema};
 pub use decode::{DecodeError, TopicSchema};
 pub use encode::{encode_decoded_json, encode_json_rows, key_bytes, splice_records};
 pub use key::{canonical_key, hash_key};

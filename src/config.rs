@@ -8,6 +8,7 @@ mod env;
 mod global;
 mod locate;
 mod pipeline;
+pub mod registry;
 pub mod security;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
@@ -19,7 +20,7 @@ pub use global::{
 };
 pub use locate::{Locations, Position};
 pub use pipeline::{
-    default_ttl_ms, Emission, OnTimeout, Output, OutputFormat, Pipeline, SourceSpec,
+    default_ttl_ms, Emission, OnTimeout, Output, OutputFormat, Pipeline, SourceFormat, SourceSpec,
 };
 
 use std::path::{Path, PathBuf};

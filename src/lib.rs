@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod kafka;
 pub mod offsets;
+pub mod registry;
 pub mod sql;
 pub mod state;
 pub mod store;

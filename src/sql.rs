@@ -9,11 +9,11 @@ mod bind;
 mod plan;
 mod rewrite;
 
-pub use bind::bind;
 pub(crate) use bind::sql_type_name;
+pub use bind::{bind, output_types};
 pub use plan::{plan_query, plan_query_with, Declared};
 pub use rewrite::{
-    batch_column_name, on_column, referenced_columns, DuckSql, KEEP_COLUMN, ROW_COLUMN,
+    batch_column_name, columns_of, on_column, referenced_columns, DuckSql, KEEP_COLUMN, ROW_COLUMN,
 };
 
 use std::fmt;

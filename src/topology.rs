@@ -22,11 +22,14 @@ use crate::kafka::sink::Sink;
 use crate::kafka::source::Ownership;
 use crate::kafka::KafkaError;
 use crate::offsets::Ledger;
+use crate::registry::RegistryError;
 use crate::sql::Role;
 use crate::store::StateDb;
 use crate::telemetry::PipelineMetrics;
 
+mod formats;
 mod runner;
+use formats::Formats;
 use runner::Runner;
 
 /// Why a pipeline stopped with an error.
@@ -39,6 +42,14 @@ pub enum RunError {
         pipeline: String,
         /// The failure.
         source: Box<KafkaError>,
+    },
+    /// The schema registry refused, or the output schema cannot be registered.
+    #[error("pipeline `{pipeline}`: {source}")]
+    Registry {
+        /// The pipeline.
+        pipeline: String,
+        /// The failure.
+        source: Box<RegistryError>,
     },
     /// The engine failed.
     #[error("pipeline `{pipeline}`: {source}")]
@@ -58,6 +69,13 @@ impl RunError {
         }
     }
 
+    fn registry(pipeline: &Pipeline, source: RegistryError) -> Self {
+        RunError::Registry {
+            pipeline: pipeline.name.clone(),
+            source: Box::new(source),
+        }
+    }
+
     fn engine(pipeline: &Pipeline, source: EngineError) -> Self {
         RunError::Engine {
             pipeline: pipeline.name.clone(),
@@ -70,6 +88,7 @@ impl Classified for RunError {
     fn domain(&self) -> Domain {
         match self {
             RunError::Kafka { source, .. } => source.domain(),
+            RunError::Registry { source, .. } => source.domain(),
             RunError::Engine { source, .. } => source.domain(),
         }
     }
@@ -77,6 +96,7 @@ impl Classified for RunError {
     fn retry(&self) -> Retry {
         match self {
             RunError::Kafka { source, .. } => source.retry(),
+            RunError::Registry { source, .. } => source.retry(),
             RunError::Engine { source, .. } => source.retry(),
         }
     }
@@ -84,6 +104,7 @@ impl Classified for RunError {
     fn kind(&self) -> &'static str {
         match self {
             RunError::Kafka { source, .. } => source.kind(),
+            RunError::Registry { source, .. } => source.kind(),
             RunError::Engine { source, .. } => source.kind(),
         }
     }
@@ -144,6 +165,12 @@ pub fn run_pipeline(
     else {
         return Ok(());
     };
+    let topics: Vec<String> = engine.topics().names().map(str::to_string).collect();
+    let Some(formats) = Formats::new(pipeline, global, &topics, &shutdown, &metrics)
+        .map_err(|e| RunError::registry(pipeline, e))?
+    else {
+        return Ok(());
+    };
     let resume = restored
         .iter()
         .filter_map(|((topic, p), &o)| engine.topic_index(topic).map(|t| ((t, *p), o)))
@@ -157,6 +184,7 @@ pub fn run_pipeline(
         metrics,
         shutdown,
         out: Outputs::default(),
+        formats,
         assigned_once: false,
         pending_revoked: Vec::new(),
         last_commit: Instant::now(),
@@ -231,12 +259,12 @@ fn topics_of(pipeline: &Pipeline, role: Role) -> Vec<String> {
 /// to 30 s) while its error says it may heal; an error that cannot heal (a
 /// client configuration refused, topics not co-partitioned) returns at once.
 /// None: shutdown was requested while waiting.
-fn connect<T>(
+fn connect<T, E: Classified + std::fmt::Display>(
     what: &str,
     shutdown: &AtomicBool,
     metrics: &PipelineMetrics,
-    mut attempt: impl FnMut() -> Result<T, KafkaError>,
-) -> Result<Option<T>, KafkaError> {
+    mut attempt: impl FnMut() -> Result<T, E>,
+) -> Result<Option<T>, E> {
     let mut backoff = Duration::from_millis(500);
     let mut limit = LogLimit::new(Duration::from_secs(10));
     loop {

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::registry::RegistrySetting;
 use super::security::{guarded, SecurityConfig};
 use super::{read, yaml_diagnostic, ByteSize, ConfigError, Diagnostic, Diagnostics, Locations};
+use crate::registry::RegistryConfig;
 
 /// Default broker list.
 pub const fn default_brokers() -> &'static str {
@@ -46,6 +48,10 @@ pub struct GlobalConfig {
     /// resolved (filled by [`GlobalConfig::parse`]; never printed).
     #[serde(skip)]
     security_properties: Redacted,
+    /// The schema registry's client settings, password resolved (filled
+    /// by [`GlobalConfig::parse`] from `kafka.schemaRegistry`).
+    #[serde(skip)]
+    pub registry: Option<RegistryConfig>,
 }
 
 /// Properties that hold secrets: `Debug` shows their keys only.
@@ -74,11 +80,12 @@ pub struct KafkaConfig {
     /// Raw librdkafka properties, passed through to every client.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
-    /// Schema registry URL (for Avro; not used yet).
+    /// The schema registry of Avro sources and outputs: a URL, or a block
+    /// with basic auth and TLS (`src/config/registry.rs`).
     #[serde(default, rename = "schemaRegistry")]
-    pub schema_registry: Option<String>,
-    /// KaflowSQL's `kafka.useAvro`: every source is Avro in Confluent's
-    /// wire format (not supported yet: refused at load when true).
+    pub schema_registry: Option<RegistrySetting>,
+    /// KaflowSQL's `kafka.useAvro`: sources whose pipeline does not say
+    /// `sources.<topic>.format` are Avro in Confluent's wire format.
     #[serde(default, rename = "useAvro")]
     pub use_avro: bool,
     /// TLS and SASL to the brokers.
@@ -326,15 +333,13 @@ impl GlobalConfig {
                 "remove it; keep state on a persistent volume (docs/operations.md, State); a lost volume is rebuilt from Kafka",
             );
         }
-        if config.kafka.use_avro {
-            problems.push(
-                Diagnostic::new(
-                    file,
-                    at.key("kafka.useAvro"),
-                    "kafka.useAvro: true: Avro input through a schema registry is not supported yet",
-                )
-                .with_help("produce JSON values, or leave useAvro out (issue #17 tracks Avro)"),
-            );
+        if let Some(setting) = &config.kafka.schema_registry {
+            match setting.resolve(var) {
+                Ok(r) => config.registry = Some(r),
+                Err(found) => problems.extend(found.into_iter().map(|(path, message, help)| {
+                    Diagnostic::new(file, at.key(&path), message).with_help(help)
+                })),
+            }
         }
         match config.kafka.security.properties(var) {
             Ok(p) => config.security_properties = Redacted(p),
@@ -356,6 +361,18 @@ impl GlobalConfig {
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
         if let Some(v) = var("KAFLOWSQL_KAFKA_BROKERS") {
             self.kafka.brokers = v;
+        }
+        if let Some(v) = var("KAFLOWSQL_KAFKA_SCHEMA_REGISTRY") {
+            match &mut self.registry {
+                Some(r) => r.url = v,
+                None => {
+                    self.registry = Some(RegistryConfig {
+                        url: v,
+                        timeout: std::time::Duration::from_secs(10),
+                        ..RegistryConfig::default()
+                    })
+                }
+            }
         }
         if let Some(v) = var("KAFLOWSQL_HTTP_LISTEN") {
             self.http.listen = v;
@@ -525,12 +542,43 @@ state:
             warnings[1].contains("state.rocksdb.checkpoint is ignored"),
             "{warnings:?}"
         );
-        let avro = GlobalConfig::parse_with(Path::new("k.yaml"), "kafka:\n  useAvro: true\n", &env)
+        assert_eq!(
+            c.registry.as_ref().map(|r| r.url.as_str()),
+            Some("http://localhost:8081")
+        );
+    }
+
+    /// `kafka.schemaRegistry` as a block: basic auth with a secret, TLS
+    /// files checked, the subject strategy; problems at their line.
+    #[test]
+    fn schema_registry_blocks_resolve_secrets_and_check_files() {
+        let text = "kafka:\n  useAvro: true\n  schemaRegistry:\n    url: https://r:8081\n    username: key\n    password: { env: SR_SECRET }\n    subjectNameStrategy: TopicRecordNameStrategy\n";
+        let env = |k: &str| (k == "SR_SECRET").then(|| "s3cret".to_string());
+        let c = GlobalConfig::parse_with(Path::new("k.yaml"), text, &env).unwrap();
+        let r = c.registry.clone().unwrap();
+        assert!(c.kafka.use_avro);
+        assert_eq!(r.password.as_deref(), Some("s3cret"));
+        assert_eq!(
+            r.subject_strategy,
+            crate::registry::SubjectStrategy::TopicRecordName
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let bad = "kafka:\n  schemaRegistry:\n    url: registry:8081\n    password: { env: NOPE }\n    tls: { ca: /no/such/ca.pem }\n";
+        let err = GlobalConfig::parse_with(Path::new("k.yaml"), bad, &|_| None)
             .unwrap_err()
             .to_string();
         assert!(
-            avro.starts_with("k.yaml:2:3: error: kafka.useAvro"),
-            "{avro}"
+            err.contains("k.yaml:3:5: error: kafka.schemaRegistry `registry:8081` is not an http"),
+            "{err}"
+        );
+        assert!(
+            err.contains("k.yaml:4:5: error: kafka.schemaRegistry.password cannot be read"),
+            "{err}"
+        );
+        assert!(err.contains("password is set without a username"), "{err}");
+        assert!(
+            err.contains("kafka.schemaRegistry.tls.ca: `/no/such/ca.pem` is not a readable file"),
+            "{err}"
         );
     }
 

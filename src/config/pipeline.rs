@@ -67,10 +67,9 @@ struct RawOutput {
     schema: Option<RawSchema>,
 }
 
-/// KaflowSQL's inline `output.schema`: an Avro record. Its field names are
-/// checked against the SELECT; the rest is read for the Avro writer, which
-/// is not built yet (issue #17).
-#[allow(dead_code)]
+/// KaflowSQL's inline `output.schema`: an Avro record, the output value's
+/// writer schema. Its fields are checked against the SELECT's columns
+/// (names, and types where they are known before data).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSchema {
@@ -86,17 +85,60 @@ struct RawSchema {
 
 /// One field of an inline schema: `{name, type}` (type an Avro type:
 /// `string`, `long`, `["null", "string"]`, ...), with an optional default.
-#[allow(dead_code)]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSchemaField {
     name: String,
     #[serde(rename = "type")]
     kind: serde_yaml_ng::Value,
-    #[serde(default)]
+    /// `default: null` is a default (of NULL), not an absent one.
+    #[serde(default, deserialize_with = "present")]
     default: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     doc: Option<String>,
+}
+
+/// A key that is present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_yaml_ng::Value>, D::Error> {
+    serde_yaml_ng::Value::deserialize(d).map(Some)
+}
+
+impl RawSchema {
+    /// The schema as Avro's JSON.
+    fn to_json(&self) -> Result<serde_json::Value, String> {
+        let mut fields = Vec::new();
+        for f in &self.fields {
+            let mut field = serde_json::Map::new();
+            field.insert("name".into(), f.name.clone().into());
+            field.insert(
+                "type".into(),
+                serde_json::to_value(&f.kind).map_err(|e| e.to_string())?,
+            );
+            if let Some(d) = &f.default {
+                field.insert(
+                    "default".into(),
+                    serde_json::to_value(d).map_err(|e| e.to_string())?,
+                );
+            }
+            if let Some(doc) = &f.doc {
+                field.insert("doc".into(), doc.clone().into());
+            }
+            fields.push(serde_json::Value::Object(field));
+        }
+        let mut schema = serde_json::Map::new();
+        schema.insert("type".into(), "record".into());
+        schema.insert("name".into(), self.name.clone().into());
+        if let Some(ns) = &self.namespace {
+            schema.insert("namespace".into(), ns.clone().into());
+        }
+        if let Some(doc) = &self.doc {
+            schema.insert("doc".into(), doc.clone().into());
+        }
+        schema.insert("fields".into(), fields.into());
+        Ok(serde_json::Value::Object(schema))
+    }
 }
 
 /// How output values are written.
@@ -106,7 +148,19 @@ pub enum OutputFormat {
     /// A JSON object per row.
     #[default]
     Json,
-    /// Avro in the Confluent wire format (not implemented yet: refused at validation).
+    /// Avro in Confluent's wire format, its schema registered in the
+    /// schema registry (`output.schema`, else derived from the SELECT).
+    Avro,
+}
+
+/// How a source's record values are read (`sources.<topic>.format`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceFormat {
+    /// A JSON object per record.
+    Json,
+    /// Avro in Confluent's wire format, decoded with the writer schema the
+    /// record's schema id names in the schema registry.
     Avro,
 }
 
@@ -173,6 +227,10 @@ struct RawSource {
     /// undeclared columns are inferred.
     #[serde(default)]
     columns: indexmap::IndexMap<String, String>,
+    /// `json` or `avro`; default: `avro` when the global config says
+    /// `kafka.useAvro: true`, else `json`.
+    #[serde(default)]
+    format: Option<SourceFormat>,
 }
 
 /// Where and how results are written.
@@ -189,6 +247,9 @@ pub struct Output {
     pub key_field: Option<String>,
     /// Dead-letter topic.
     pub dlq_topic: String,
+    /// With `format: avro`, the output value's Avro schema as JSON text:
+    /// `output.schema`, else derived from the SELECT's types.
+    pub avro_schema: Option<String>,
 }
 
 /// When rows are emitted.
@@ -214,6 +275,8 @@ pub struct SourceSpec {
     pub timestamp: Option<String>,
     /// Declared types.
     pub columns: Vec<(String, ColumnType)>,
+    /// `sources.<topic>.format`, when the pipeline says it.
+    pub format: Option<SourceFormat>,
 }
 
 /// A validated pipeline.
@@ -281,6 +344,26 @@ impl Pipeline {
             default_ttl_ms,
         }
         .validate(raw)
+    }
+
+    /// How the values of `topic` are read: its `sources.<topic>.format`,
+    /// else Avro when `use_avro` (the global `kafka.useAvro`), else JSON.
+    pub fn format_of(&self, topic: &str, use_avro: bool) -> SourceFormat {
+        match self.sources.get(topic).and_then(|s| s.format) {
+            Some(f) => f,
+            None if use_avro => SourceFormat::Avro,
+            None => SourceFormat::Json,
+        }
+    }
+
+    /// Whether anything of this pipeline goes through the schema registry.
+    pub fn uses_registry(&self, use_avro: bool) -> bool {
+        self.output.format == OutputFormat::Avro
+            || self
+                .plan
+                .sources
+                .iter()
+                .any(|s| self.format_of(&s.topic, use_avro) == SourceFormat::Avro)
     }
 
     /// The TTL of a topic in milliseconds (None: never expires).
@@ -424,8 +507,71 @@ state:
         let p = Pipeline::parse(Path::new("p.yaml"), &ok).unwrap();
         assert_eq!(p.plan.sources[0].topic, "events");
         let avro = ok.replace("format: json", "format: avro");
-        assert!(problems(&avro)[0]
-            .message
-            .contains("`avro` is not supported yet"));
+        let p = Pipeline::parse(Path::new("p.yaml"), &avro).unwrap();
+        let schema = p.output.avro_schema.unwrap();
+        assert!(schema.contains(r#""default":null"#), "{schema}");
+    }
+
+    /// `output.format: avro`: the inline schema's types are checked against
+    /// the SELECT's where those are known before data (declared columns,
+    /// CASTs), and a missing column is named.
+    #[test]
+    fn avro_output_schemas_are_checked_against_the_select_types() {
+        let text = "name: p\nquery: |\n  SELECT e.user_id, CAST(e.n AS BIGINT) AS n, e.amount FROM events e\noutput:\n  topic: out\n  format: avro\n  schema:\n    name: Enriched\n    fields:\n      - { name: user_id, type: string }\n      - { name: n, type: string }\nsources:\n  events:\n    columns: { user_id: VARCHAR }\n";
+        let d = problems(text);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d.iter().any(|d| d.position.line == 11
+                && d.message.contains(
+                    "gives `n` the Avro type \"string\", but the SELECT makes it BIGINT"
+                )),
+            "{d:?}"
+        );
+        assert!(
+            d.iter().any(|d| d
+                .message
+                .contains("no field for the SELECT's column `amount`")),
+            "{d:?}"
+        );
+        let bad = text.replace("type: string }\nsources", "type: [bogus] }\nsources");
+        assert!(
+            problems(&bad)[0]
+                .message
+                .contains("not a valid Avro record schema"),
+            "{:?}",
+            problems(&bad)
+        );
+    }
+
+    /// Without `output.schema`, the schema is derived from the SELECT's
+    /// types, every field nullable; a type known only per record is refused
+    /// with what to declare.
+    #[test]
+    fn avro_output_schemas_are_derived_from_declared_types() {
+        let text = "name: my-pipe\nquery: |\n  SELECT e.user_id, e.n * 2 AS twice, e.amount / 2 AS half, CAST(e.ts AS TIMESTAMP) AS at FROM events e\noutput: { topic: out, format: avro }\nsources:\n  events:\n    columns: { user_id: VARCHAR, n: BIGINT, amount: DOUBLE }\n";
+        let p = Pipeline::parse(Path::new("p.yaml"), text).unwrap();
+        assert_eq!(
+            p.output.avro_schema.as_deref(),
+            Some(
+                r#"{"type":"record","namespace":"kaflowsql","name":"my_pipe","fields":[{"name":"user_id","type":["null","string"],"default":null},{"name":"twice","type":["null","long"],"default":null},{"name":"half","type":["null","double"],"default":null},{"name":"at","type":["null",{"type":"long","logicalType":"timestamp-micros"}],"default":null}]}"#
+            )
+        );
+        let undeclared = text.replace(", amount: DOUBLE", "");
+        let d = problems(&undeclared);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].message
+                .contains("type of `half` is known only per record"),
+            "{}",
+            d[0]
+        );
+        assert!(
+            d[0].help
+                .as_deref()
+                .unwrap_or("")
+                .contains("declare sources.events.columns.amount"),
+            "{}",
+            d[0]
+        );
     }
 }

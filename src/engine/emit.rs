@@ -235,6 +235,24 @@ impl Engine {
         }
     }
 
+    /// A dead letter (counted) for the driving record `driving` of an
+    /// output row (JSON `row`) that could not be written in the output's
+    /// format: the row stands in for the record's original bytes until the
+    /// caller swaps them.
+    pub fn unfit_row(&mut self, driving: Origin, row: &[u8], reason: String) -> DeadLetter {
+        self.stats.dead_letters += 1;
+        DeadLetter {
+            topic: self.topics.name(driving.topic).to_string(),
+            partition: driving.partition,
+            offset: driving.offset,
+            key: None,
+            value: Some(row.to_vec()),
+            reason,
+            kind: "output_encode",
+            decoded_copy: true,
+        }
+    }
+
     /// A dead letter for `event`, whose row failed in SQL: its decoded
     /// columns stand in for its original bytes until the caller swaps them.
     fn dead_row(&self, event: &Event, reason: &str) -> DeadLetter {

@@ -69,6 +69,30 @@ impl Engine {
         self.maybe_write_state()
     }
 
+    /// Makes `record` a dead letter (counted) for `reason`, of class `kind`
+    /// (a [`crate::error::KINDS`] name): for what the edge found wrong with
+    /// it before the engine could decode it (an Avro value that does not
+    /// decode).
+    pub fn dead_letter(
+        &mut self,
+        record: &SourceRecord<'_>,
+        kind: &'static str,
+        reason: String,
+        out: &mut Outputs,
+    ) {
+        self.stats.dead_letters += 1;
+        out.dead_letters.push(DeadLetter {
+            topic: record.topic.to_string(),
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            reason,
+            kind,
+            decoded_copy: false,
+        });
+    }
+
     /// Decodes `record` and checks its time: the event to store and join,
     /// or None when it became a dead letter (or was late, or a tombstone).
     fn admit(

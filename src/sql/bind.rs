@@ -154,20 +154,82 @@ pub fn bind(
     }
 }
 
+/// The DuckDB type of each output column of `plan` with `declared` column
+/// types per topic: None for a column whose type depends on the values of
+/// an undeclared column (it is known only per record), unless the column is
+/// a `CAST`.
+///
+/// Errors: as [`bind`].
+pub fn output_types(
+    plan: &QueryPlan,
+    declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
+) -> Result<Vec<Option<DataType>>, SqlError> {
+    let unavailable = |why: String| {
+        SqlError::new(
+            SqlPosition::default(),
+            format!("cannot open DuckDB to check the query: {why}"),
+        )
+    };
+    let mut slot = BINDER
+        .lock()
+        .map_err(|_| unavailable("its lock was poisoned (this is a bug)".into()))?;
+    if slot.is_none() {
+        *slot = Some(Evaluator::new().map_err(|e| unavailable(e.to_string()))?);
+    }
+    let Some(ev) = slot.as_mut() else {
+        return Ok(vec![None; plan.outputs.len()]);
+    };
+    let type_of = |r: ColumnRef| -> Option<ColumnType> { declared_type(plan, declared, r) };
+    let input = null_batch(plan, &type_of)?;
+    let sql = DuckSql::build(plan, &ev.from_clause(), &|r| type_of(r).is_some());
+    let batches = ev
+        .evaluate(&sql.text, input)
+        .map_err(|e| SqlError::new(SqlPosition::default(), e.to_string()))?;
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => return Ok(vec![None; plan.outputs.len()]),
+    };
+    Ok(plan
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let known = matches!(o.expr, Expr::Cast { .. })
+                || super::columns_of(plan, &o.expr)
+                    .into_iter()
+                    .all(|r| type_of(r).is_some());
+            let field = schema.fields().get(i)?;
+            known.then(|| {
+                if crate::eval::is_json(field) {
+                    DataType::LargeUtf8
+                } else {
+                    field.data_type().clone()
+                }
+            })
+        })
+        .collect())
+}
+
+fn declared_type(
+    plan: &QueryPlan,
+    declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
+    r: ColumnRef,
+) -> Option<ColumnType> {
+    let source = &plan.sources[r.source];
+    declared
+        .get(&source.topic)?
+        .iter()
+        .find(|(name, _)| *name == source.columns[r.column])
+        .map(|(_, t)| *t)
+}
+
 fn check(
     ev: &mut Evaluator,
     plan: &QueryPlan,
     declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
 ) -> Result<(), SqlError> {
     refuse_aggregates(ev, plan)?;
-    let type_of = |r: ColumnRef| -> Option<ColumnType> {
-        let source = &plan.sources[r.source];
-        declared
-            .get(&source.topic)?
-            .iter()
-            .find(|(name, _)| *name == source.columns[r.column])
-            .map(|(_, t)| *t)
-    };
+    let type_of = |r: ColumnRef| -> Option<ColumnType> { declared_type(plan, declared, r) };
     let input = null_batch(plan, &type_of)?;
     let sql = DuckSql::build(plan, &ev.from_clause(), &|r| type_of(r).is_some());
     let batches = match ev.evaluate(&sql.text, input) {

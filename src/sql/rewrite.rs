@@ -140,6 +140,13 @@ fn rewrite(
     expr.to_string()
 }
 
+/// The column references one expression of `plan` makes.
+pub fn columns_of(plan: &QueryPlan, expr: &Expr) -> Vec<ColumnRef> {
+    let mut exprs = Vec::new();
+    collect_columns(expr, &mut exprs);
+    exprs.iter().filter_map(|e| resolve(plan, e)).collect()
+}
+
 /// Every column reference the plan's expressions make (for tests and explain).
 pub fn referenced_columns(plan: &QueryPlan) -> Vec<ColumnRef> {
     let mut exprs = Vec::new();

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
+use super::formats::Converted;
 use super::{connect, topics_of, Resume, RunError, RunOptions};
 use crate::config::{GlobalConfig, Pipeline};
-use crate::engine::{Engine, EngineError, Outputs};
+use crate::engine::{Engine, EngineError, Outputs, SourceRecord};
 use crate::error::{Domain, LogLimit};
 use crate::kafka::sink::Sink;
 use crate::kafka::source::{DimensionSource, EventSource, Rebalanced, Record};
@@ -29,6 +30,8 @@ pub(super) struct Runner<'a> {
     pub(super) metrics: Arc<PipelineMetrics>,
     pub(super) shutdown: Arc<AtomicBool>,
     pub(super) out: Outputs,
+    /// Avro in and out at the edge.
+    pub(super) formats: super::Formats,
     /// Whether the first assignment was seen (group mode).
     pub(super) assigned_once: bool,
     /// Partitions revoked, decided at the next assignment.
@@ -194,12 +197,33 @@ impl<'a> Runner<'a> {
         let Some(t) = self.engine.topic_index(m.topic()) else {
             return Ok(());
         };
+        // An Avro value becomes JSON before the record is read: a registry
+        // outage holds it here, so it is neither read nor committed.
+        let converted = self
+            .formats
+            .source_value(t, m.value(), &self.shutdown, &self.metrics);
+        let value = match converted {
+            Ok(Converted::Value(v)) => v,
+            Ok(Converted::Stopped) => return Ok(()),
+            Ok(Converted::Dead(kind, reason)) => {
+                if self.ledger.read((t, m.partition()), m.offset(), input) {
+                    self.engine
+                        .dead_letter(&m.source_record(), kind, reason, &mut self.out);
+                }
+                return self.send_dead_letters(batch);
+            }
+            Err(e) => return Err(RunError::registry(self.pipeline, e)),
+        };
         if !self.ledger.read((t, m.partition()), m.offset(), input) {
             return Ok(());
         }
+        let record = SourceRecord {
+            value,
+            ..m.source_record()
+        };
         self.engine
-            .push_from(t, &m.source_record(), &mut self.out)
-            .map_err(|e| self.engine_err(e))?;
+            .push_from(t, &record, &mut self.out)
+            .map_err(|e| RunError::engine(self.pipeline, e))?;
         self.send_dead_letters(batch)
     }
 
@@ -350,10 +374,18 @@ impl<'a> Runner<'a> {
             .flush(&mut self.out)
             .map_err(|e| self.engine_err(e))?;
         self.send_dead_letters(batch)?;
+        let mut unfit = Vec::new();
+        let mut written = 0u64;
         for row in &self.out.rows {
             let d = row.driving;
             let driving = (self.engine.topic_name(d.topic), d.partition, d.offset);
-            let value = self.out.value(row);
+            let value = match self.formats.output_value(self.out.value(row)) {
+                Ok(v) => v,
+                Err(reason) => {
+                    unfit.push(self.engine.unfit_row(d, self.out.value(row), reason));
+                    continue;
+                }
+            };
             let sent = self.sink.send_output(
                 &self.pipeline.output.topic,
                 self.out.key(row),
@@ -363,9 +395,14 @@ impl<'a> Runner<'a> {
             if let Err(e) = sent {
                 return Err(RunError::kafka(self.pipeline, e));
             }
+            written += 1;
         }
-        self.metrics.output_records(self.out.rows.len() as u64);
+        self.metrics.output_records(written);
         self.out.clear_rows();
+        if !unfit.is_empty() {
+            self.out.dead_letters.extend(unfit);
+            self.send_dead_letters(batch)?;
+        }
         let engine = &self.engine;
         let commit = self.ledger.commit_offsets(
             |t| engine.topic_name(t),

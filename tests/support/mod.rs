@@ -453,6 +453,21 @@ impl Kaflowsql {
         k
     }
 
+    /// [`Kaflowsql::start`] with `kafka.schemaRegistry: <registry>`.
+    pub fn start_with_registry(dir: &Path, pipelines: &[&Path], registry: &str) -> Self {
+        let port = free_port();
+        let config = write_config_for(&brokers(), dir, port);
+        let text = std::fs::read_to_string(&config).unwrap().replacen(
+            "kafka:\n",
+            &format!("kafka:\n  schemaRegistry: {registry}\n"),
+            1,
+        );
+        std::fs::write(&config, text).unwrap();
+        let k = Self::spawn_run(port, &config, dir, "state", pipelines, &[]);
+        k.wait_ready();
+        k
+    }
+
     fn wait_ready(&self) {
         let k = self;
         k.wait_until(Duration::from_secs(60), |k| {
@@ -726,6 +741,59 @@ impl Prometheus {
 }
 
 impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The project's test schema registry (`deploy/local/schema-registry.py`)
+/// on a free port of 127.0.0.1, stopped when dropped.
+pub struct Registry {
+    child: std::process::Child,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl Registry {
+    /// Starts one with `args` (`--basic-auth u:p`, TLS files) and waits
+    /// until it answers.
+    pub fn start(args: &[&str]) -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("python3")
+            .arg(repo_root().join("deploy/local/schema-registry.py"))
+            .args(["--port", &port.to_string(), "--quiet"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs the test registry");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the test registry did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// A client of it.
+    pub fn client(&self) -> kaflowsql::registry::SchemaRegistry {
+        kaflowsql::registry::SchemaRegistry::new(&kaflowsql::registry::RegistryConfig {
+            url: self.url.clone(),
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .expect("a client of the test registry")
+    }
+}
+
+impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -11,7 +11,7 @@ use super::{
     default_max_ahead_ms, Emission, EmissionKind, Output, OutputFormat, Pipeline, RawPipeline,
     SourceSpec,
 };
-use crate::codec::ColumnType;
+use crate::codec::{AvroSchema, ColumnType};
 use crate::config::{ConfigError, Diagnostic, Diagnostics, Locations, Position};
 use crate::sql::{plan_query_with, QueryPlan, Role, SqlError};
 
@@ -119,7 +119,7 @@ impl Validator<'_> {
             }
         };
         let shape = Shape::of(plan.as_ref());
-        let output = self.output(&raw, &shape);
+        let mut output = self.output(&raw, &shape);
         let ttl_ms = self.ttls(&raw, &shape);
         let emission = self.emission(&raw, &shape, &ttl_ms);
         let sources = self.source_specs(&raw, &shape);
@@ -132,6 +132,9 @@ impl Validator<'_> {
                 .collect();
             if let Err(e) = crate::sql::bind(p, &declared) {
                 self.sql_problem(e);
+            } else if output.format == OutputFormat::Avro {
+                output.avro_schema =
+                    self.avro_output(&raw, p, &declared, output.avro_schema.take());
             }
         }
         let (Some(plan), true) = (plan, self.problems.is_empty()) else {
@@ -206,13 +209,26 @@ impl Validator<'_> {
                 }
             }
         }
-        if raw.output.format == OutputFormat::Avro {
-            self.at_value(
-                "output.format",
-                "output.format `avro` is not supported yet".to_string(),
-                "use `json` (Avro output with a schema registry is planned)",
-            );
-        }
+        let avro_schema = raw.output.schema.as_ref().and_then(|schema| {
+            let parsed = schema
+                .to_json()
+                .and_then(|json| {
+                    AvroSchema::parse(&json.to_string())
+                        .map(|_| json.to_string())
+                        .map_err(|e| e.to_string())
+                });
+            match parsed {
+                Ok(text) => Some(text),
+                Err(e) => {
+                    self.at_key(
+                        "output.schema",
+                        format!("output.schema is not a valid Avro record schema: {e}"),
+                        "each field is {name, type}; types are Avro's: string, long, double, boolean, [\"null\", \"string\"], {type: long, logicalType: timestamp-millis}, ...",
+                    );
+                    None
+                }
+            }
+        });
         // A source without declared columns brings its fields per record.
         let records = shape
             .plan
@@ -245,6 +261,7 @@ impl Validator<'_> {
                 .dlq_topic
                 .clone()
                 .unwrap_or_else(|| format!("{}.dlq", raw.name)),
+            avro_schema,
         }
     }
 
@@ -347,6 +364,129 @@ impl Validator<'_> {
     }
 
     /// `sources`: declared timestamp columns and column types, by topic.
+    /// The Avro schema of an `output.format: avro` pipeline: `inline`
+    /// (`output.schema`) checked against the SELECT's types where they are
+    /// known before data, else one derived from those types (every column
+    /// nullable). A column whose type is known only per record cannot be
+    /// derived: refused with what to declare.
+    fn avro_output(
+        &mut self,
+        raw: &RawPipeline,
+        plan: &QueryPlan,
+        declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
+        inline: Option<String>,
+    ) -> Option<String> {
+        let types = match crate::sql::output_types(plan, declared) {
+            Ok(t) => t,
+            Err(e) => {
+                self.sql_problem(e);
+                return None;
+            }
+        };
+        let records = plan.outputs.iter().any(|o| o.record);
+        if let Some(text) = inline {
+            let schema = AvroSchema::parse(&text).ok()?;
+            if let apache_avro::schema::Schema::Record(r) = schema.schema() {
+                for (i, f) in r.fields.iter().enumerate() {
+                    let Some(at) = plan.outputs.iter().position(|o| o.name == f.name) else {
+                        continue;
+                    };
+                    if let Some(Some(dt)) = types.get(at) {
+                        if !crate::codec::avro::fits(dt, &f.schema) {
+                            self.at_value(
+                                &format!("output.schema.fields[{i}].type"),
+                                format!(
+                                    "output.schema gives `{}` the Avro type {}, but the SELECT makes it {}",
+                                    f.name,
+                                    crate::codec::avro::type_text(&f.schema),
+                                    crate::sql::sql_type_name(dt)
+                                ),
+                                "change the field's type, or CAST the column in the SELECT",
+                            );
+                        }
+                    }
+                }
+                if !records {
+                    for o in &plan.outputs {
+                        if !r.fields.iter().any(|f| f.name == o.name) {
+                            self.at_key(
+                                "output.schema.fields",
+                                format!("output.schema has no field for the SELECT's column `{}`", o.name),
+                                format!("add {{ name: {}, type: ... }} (the output value is the whole row)", o.name),
+                            );
+                        }
+                    }
+                }
+            }
+            return Some(text);
+        }
+        if records {
+            self.at_value(
+                "output.format",
+                "output.format avro needs output.schema when the SELECT has `alias.*` over a source without declared columns (its fields are known only per record)".to_string(),
+                "give output.schema, or declare the source's columns under sources.<topic>.columns",
+            );
+            return None;
+        }
+        let mut fields = Vec::new();
+        for (o, ty) in plan.outputs.iter().zip(&types) {
+            if !crate::codec::avro::is_avro_name(&o.name) {
+                self.at_value(
+                    "output.format",
+                    format!("output column `{}` is not a valid Avro field name", o.name),
+                    "name it with AS (letters, digits and _, not starting with a digit), or give output.schema",
+                );
+                continue;
+            }
+            match ty {
+                Some(dt) => fields.push((o.name.clone(), crate::codec::avro::avro_type_of(dt))),
+                None => {
+                    let undeclared: Vec<String> = crate::sql::columns_of(plan, &o.expr)
+                        .into_iter()
+                        .filter(|r| {
+                            let s = &plan.sources[r.source];
+                            !declared.get(&s.topic).is_some_and(|cols| {
+                                cols.iter().any(|(n, _)| *n == s.columns[r.column])
+                            })
+                        })
+                        .map(|r| {
+                            let s = &plan.sources[r.source];
+                            format!("sources.{}.columns.{}", s.topic, s.columns[r.column])
+                        })
+                        .collect();
+                    self.at_value(
+                        "output.format",
+                        format!(
+                            "output.format avro derives the schema from the SELECT's types, but the type of `{}` is known only per record",
+                            o.name
+                        ),
+                        format!(
+                            "declare {}, CAST the column, or give output.schema",
+                            undeclared.join(" and ")
+                        ),
+                    );
+                }
+            }
+        }
+        let name: String = raw
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let name = if name.starts_with(|c: char| c.is_ascii_digit()) {
+            format!("_{name}")
+        } else {
+            name
+        };
+        match crate::codec::avro::derived_record(&name, &fields) {
+            Ok(s) => Some(s.text()),
+            Err(e) => {
+                self.at_value("output.format", e.to_string(), "give output.schema");
+                None
+            }
+        }
+    }
+
     fn source_specs(
         &mut self,
         raw: &RawPipeline,
@@ -380,6 +520,7 @@ impl Validator<'_> {
                 SourceSpec {
                     timestamp: spec.timestamp.clone(),
                     columns,
+                    format: spec.format,
                 },
             );
         }
