@@ -211,9 +211,12 @@ fn peek(
 fn validate(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     let mut default_ttl = kaflowsql::config::default_ttl_ms();
+    // With --config: (kafka.useAvro, whether a schema registry is set).
+    let mut avro: Option<(bool, bool)> = None;
     if let Some(c) = config {
         match kaflowsql::config::GlobalConfig::load(Some(c)) {
             Ok(global) => {
+                avro = Some((global.kafka.use_avro, global.registry.is_some()));
                 for w in &global.warnings {
                     eprintln!("{w}");
                 }
@@ -230,7 +233,18 @@ fn validate(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<ExitCode
     }
     for f in files {
         match Pipeline::load_with_default_ttl(f, default_ttl) {
-            Ok(p) => println!("ok: {} (pipeline `{}`)", f.display(), p.name),
+            Ok(p) => match (avro, config) {
+                (Some((use_avro, false)), Some(c)) if p.uses_registry(use_avro) => {
+                    failed = true;
+                    eprintln!(
+                        "{}: error: pipeline `{}` reads or writes Avro, and {} has no kafka.schemaRegistry\n  help: set kafka.schemaRegistry to the registry's URL (docs/pipeline-reference.md, Avro)",
+                        f.display(),
+                        p.name,
+                        c.display()
+                    );
+                }
+                _ => println!("ok: {} (pipeline `{}`)", f.display(), p.name),
+            },
             Err(e) => {
                 failed = true;
                 eprintln!("{e}");

@@ -112,6 +112,15 @@ pub enum RegistryError {
         /// The registry's message.
         message: String,
     },
+    /// The TLS handshake failed (a certificate of another CA, a wrong
+    /// name, a client certificate the registry refuses).
+    #[error("TLS with the schema registry at {url} failed: {reason}; check kafka.schemaRegistry.url and tls (ca, certificate, key)")]
+    Tls {
+        /// The request's URL.
+        url: String,
+        /// What TLS said.
+        reason: String,
+    },
     /// 404: no such schema id, subject or version (Confluent's 40401,
     /// 40402, 40403).
     #[error("schema registry has no {what} (error {code}: {message})")]
@@ -417,7 +426,16 @@ impl SchemaRegistry {
                 request.call()
             }
         };
-        let mut response = response.map_err(|e| unavailable(e.to_string()))?;
+        let mut response = response.map_err(|e| {
+            if is_tls(&e) {
+                RegistryError::Tls {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                }
+            } else {
+                unavailable(e.to_string())
+            }
+        })?;
         let status = response.status().as_u16();
         let text = response
             .body_mut()
@@ -452,6 +470,18 @@ impl SchemaRegistry {
                 message: error.message,
             },
         })
+    }
+}
+
+/// Whether a transport error is TLS refusing the peer (which waiting does
+/// not heal), not the network.
+fn is_tls(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Tls(_) | ureq::Error::Pem(_) | ureq::Error::Rustls(_) => true,
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        _ => false,
     }
 }
 

@@ -11,6 +11,8 @@ deploy/local/deps.sh --flink
 deploy/local/broker.sh start
 trap 'deploy/local/broker.sh stop >/dev/null 2>&1 || true' EXIT
 cargo fmt --all -- --check
+# The test schema registry's own tests (Python standard library, ~4 s).
+python3 deploy/local/test_schema_registry.py
 # One profile (release) for lint, tests and benches: RocksDB, librdkafka and
 # the crate are compiled once, and tests run the code that ships.
 cargo clippy --release --workspace --all-targets --locked -- -D warnings

@@ -146,7 +146,11 @@ impl Formats {
         let schema = match fetched {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(Converted::Stopped),
-            Err(e @ (RegistryError::Refused { .. } | RegistryError::Setup(_))) => return Err(e),
+            Err(
+                e @ (RegistryError::Refused { .. }
+                | RegistryError::Tls { .. }
+                | RegistryError::Setup(_)),
+            ) => return Err(e),
             Err(e) => return Ok(Converted::Dead("decode", e.to_string())),
         };
         self.json.clear();
