@@ -62,6 +62,9 @@ pub struct Settings {
     pub burst_seconds: u64,
     /// Also run the Quix Streams peer (needs quixstreams in .deps/venv).
     pub peer: bool,
+    /// Also run kaflowsql on the iot data as Avro through the test schema
+    /// registry (`E2E_AVRO=0` skips it).
+    pub avro: bool,
     /// Restart the broker (`deploy/local/broker.sh restart`) before every
     /// max-throughput run: Tansu's in-memory storage slows down as it fills,
     /// so each run gets the same empty broker.
@@ -162,6 +165,109 @@ impl Topics {
         for r in records {
             send(p, &self.name(r.topic), &r.key, &r.value, now_ms());
         }
+    }
+}
+
+/// The iot scenario's records as Avro (Confluent's wire format), their
+/// schemas registered in the project's test registry.
+struct AvroData {
+    registry: support_registry::Registry,
+    ids: HashMap<&'static str, (u32, kaflowsql::codec::AvroSchema)>,
+}
+
+mod support_registry {
+    /// The test registry (`deploy/local/schema-registry.py`) on a free port.
+    pub struct Registry {
+        child: std::process::Child,
+        pub url: String,
+    }
+
+    impl Registry {
+        pub fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("python3")
+                .arg(super::root().join("deploy/local/schema-registry.py"))
+                .args(["--port", &port.to_string(), "--quiet"])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Self {
+                child,
+                url: format!("http://127.0.0.1:{port}"),
+            }
+        }
+    }
+
+    impl Drop for Registry {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl AvroData {
+    const READINGS: &str = r#"{"type":"record","name":"Reading","fields":[{"name":"device_id","type":"string"},{"name":"temperature","type":"double"},{"name":"humidity","type":"long"}]}"#;
+    const DEVICES: &str = r#"{"type":"record","name":"Device","fields":[{"name":"device_id","type":"string"},{"name":"location","type":"string"},{"name":"model","type":"string"},{"name":"max_temp","type":"long"}]}"#;
+
+    fn start() -> Self {
+        let registry = support_registry::Registry::start();
+        let client =
+            kaflowsql::registry::SchemaRegistry::new(&kaflowsql::registry::RegistryConfig {
+                url: registry.url.clone(),
+                timeout: Duration::from_secs(5),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut ids = HashMap::new();
+        for (topic, text) in [
+            ("sensor_readings", Self::READINGS),
+            ("device_metadata", Self::DEVICES),
+        ] {
+            let schema = kaflowsql::codec::AvroSchema::parse(text).unwrap();
+            let id = client.register(&format!("{topic}-value"), &schema).unwrap();
+            ids.insert(topic, (id, schema));
+        }
+        Self { registry, ids }
+    }
+
+    /// The framed Avro of the JSON value of `r`.
+    fn encode(&self, r: &Rec) -> Vec<u8> {
+        let (id, schema) = &self.ids[r.topic];
+        let mut out = Vec::new();
+        kaflowsql::codec::avro::frame(*id, &mut out);
+        schema.json_to_datum(r.value.as_bytes(), &mut out).unwrap();
+        out
+    }
+
+    /// Dimensions, then the streams, as Avro.
+    fn preload(&self, topics: &Topics, data: &scenarios::Data) {
+        let p = producer(5);
+        for r in data.dims.iter().chain(&data.streams) {
+            let value = self.encode(r);
+            let topic = topics.name(r.topic);
+            let mut record = BaseRecord::<str, [u8]>::to(&topic)
+                .key(r.key.as_str())
+                .payload(&value)
+                .timestamp(now_ms());
+            loop {
+                match p.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        p.poll(Duration::from_millis(1));
+                        record = back;
+                    }
+                }
+            }
+        }
+        p.flush(Duration::from_secs(120)).unwrap();
     }
 }
 
@@ -352,7 +458,13 @@ struct Kaflowsql {
 }
 
 impl Kaflowsql {
-    fn start(bin: &Path, dir: &Path, s: &Scenario, topics: &Topics) -> Self {
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        s: &Scenario,
+        topics: &Topics,
+        registry: Option<&str>,
+    ) -> Self {
         let text = std::fs::read_to_string(root().join("pipelines").join(s.pipeline)).unwrap();
         let mut names: HashMap<String, String> = s
             .streams
@@ -380,7 +492,7 @@ impl Kaflowsql {
         let config = dir.join(format!("{}kaflowsql.yaml", topics.prefix));
         std::fs::write(
             &config,
-            format!("kafka:\n  brokers: {BROKERS}\n  consumer:\n    fetchMaxWait: 2\n    maxPollRecords: 4096\n  producer:\n    lingerMs: 2\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\nstate:\n  rocksdb:\n    path: {state}\n", state = dir.join(format!("{}state", topics.prefix)).display()),
+            format!("kafka:\n  brokers: {BROKERS}\n{avro}  consumer:\n    fetchMaxWait: 2\n    maxPollRecords: 4096\n  producer:\n    lingerMs: 2\n  properties:\n    session.timeout.ms: \"6000\"\n    heartbeat.interval.ms: \"500\"\nhttp:\n  listen: 127.0.0.1:{port}\nstate:\n  rocksdb:\n    path: {state}\n", avro = registry.map(|url| format!("  schemaRegistry: {url}\n  useAvro: true\n")).unwrap_or_default(), state = dir.join(format!("{}state", topics.prefix)).display()),
         )
         .unwrap();
         let child = Command::new(bin)
@@ -523,6 +635,8 @@ fn max_throughput(
         settings.repeats.max(1)
     );
     let (mut base_rates, mut kf_rates, mut peer_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let mut avro_rates = Vec::new();
+    let avro = (settings.avro && s.name == "iot").then(AvroData::start);
     t.outputs = data.expected;
     for round in 0..settings.repeats.max(1) {
         let tag = format!("{run}{}_{round}", s.name.replace('-', "_"));
@@ -552,7 +666,7 @@ fn max_throughput(
         };
         kf.create(s, &[]);
         preload(&kf, &data);
-        let k = Kaflowsql::start(kaflowsql, dir, s, &kf);
+        let k = Kaflowsql::start(kaflowsql, dir, s, &kf, None);
         let arr = arrivals(
             &kf.name(s.output),
             s.partitions,
@@ -578,6 +692,37 @@ fn max_throughput(
             t.mean_batch_rows,
             if arr.len() as u64 == t.expected_outputs { "" } else { "  FAILED: outputs missing" }
         );
+        if let (Some(avro), "iot") = (&avro, s.name) {
+            // kaflowsql on the same data as Avro through the registry.
+            fresh_broker(settings);
+            let av = Topics {
+                prefix: format!("{tag}av_"),
+            };
+            av.create(s, &[]);
+            avro.preload(&av, &data);
+            let k = Kaflowsql::start(kaflowsql, dir, s, &av, Some(&avro.registry.url));
+            let arr = arrivals(
+                &av.name(s.output),
+                s.partitions,
+                None,
+                data.expected,
+                Duration::from_secs(300),
+            );
+            k.stop();
+            let r = rate(&arr) * events as f64 / data.expected.max(1) as f64;
+            avro_rates.push(r);
+            t.avro_outputs = Some(t.avro_outputs.unwrap_or(u64::MAX).min(arr.len() as u64));
+            println!(
+                "  round {round}: kaflowsql, Avro in: {} of {} outputs, {r:.0} input events/s{}",
+                arr.len(),
+                t.expected_outputs,
+                if arr.len() as u64 == t.expected_outputs {
+                    ""
+                } else {
+                    "  FAILED: outputs missing"
+                }
+            );
+        }
         if settings.peer && s.name == "iot" {
             fresh_broker(settings);
             if let Some(r) = peer(&tag, s, &data, &mut t) {
@@ -593,6 +738,10 @@ fn max_throughput(
         t.peer_events_per_s = Some(median(&peer_rates));
     }
     t.peer_runs = peer_rates;
+    if !avro_rates.is_empty() && t.avro_outputs == Some(t.expected_outputs) {
+        t.avro_events_per_s = Some(median(&avro_rates));
+    }
+    t.avro_runs = avro_rates;
     println!(
         "  median: passthrough {:.0}, kaflowsql {:.0} events/s, ratio {:.2}{}",
         t.baseline_events_per_s,
@@ -733,7 +882,7 @@ fn paced(
     };
     kf.create(s, &[]);
     preload(&kf, &data);
-    let k = Kaflowsql::start(kaflowsql, dir, s, &kf);
+    let k = Kaflowsql::start(kaflowsql, dir, s, &kf, None);
     k.wait_ready();
     let (lat, recovery, outputs) = produce_paced(&kf, s, &kf.name(s.output), expected, phases);
     k.stop();

@@ -29,6 +29,11 @@ pub struct Throughput {
     pub baseline_runs: Vec<f64>,
     pub kaflowsql_runs: Vec<f64>,
     pub peer_runs: Vec<f64>,
+    /// kaflowsql on the same data as Avro through the schema registry
+    /// (iot; None when not run or outputs went missing).
+    pub avro_events_per_s: Option<f64>,
+    pub avro_outputs: Option<u64>,
+    pub avro_runs: Vec<f64>,
 }
 
 impl Throughput {
@@ -37,6 +42,7 @@ impl Throughput {
     }
     pub fn complete(&self) -> bool {
         self.outputs == self.expected_outputs
+            && self.avro_outputs.is_none_or(|a| a == self.expected_outputs)
             && self.peer_outputs.is_none_or(|p| p == self.expected_outputs)
     }
 }
@@ -115,6 +121,9 @@ impl Report {
                     "mean_batch_rows": t.mean_batch_rows,
                     "rounds": {"baseline_events_per_s": t.baseline_runs, "kaflowsql_events_per_s": t.kaflowsql_runs, "peer_events_per_s": t.peer_runs},
                     "peer_quixstreams_events_per_s": t.peer_events_per_s,
+                    "avro_events_per_s": t.avro_events_per_s,
+                    "avro_rounds": t.avro_runs,
+                    "avro_outputs": t.avro_outputs,
                     "peer_outputs": t.peer_outputs,
                     "ratio_to_peer": t.peer_events_per_s.map(|p| t.kaflowsql_events_per_s / p.max(1.0)),
                 })
@@ -161,6 +170,24 @@ impl Report {
                 (None, Some(n)) => {
                     md += &format!(
                         "\nPeer (Quix Streams), {}: FAILED ({n} of {} outputs)\n",
+                        t.scenario, t.expected_outputs
+                    )
+                }
+                _ => {}
+            }
+        }
+        for t in &self.throughput {
+            match (t.avro_events_per_s, t.avro_outputs) {
+                (Some(a), _) => {
+                    md += &format!(
+                        "\nAvro in (Confluent wire format, schema registry), {}: {a:.0} ev/s; Avro / JSON = **{:.2}**\n",
+                        t.scenario,
+                        a / t.kaflowsql_events_per_s.max(1.0)
+                    )
+                }
+                (None, Some(n)) => {
+                    md += &format!(
+                        "\nAvro in, {}: FAILED ({n} of {} outputs)\n",
                         t.scenario, t.expected_outputs
                     )
                 }

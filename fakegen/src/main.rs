@@ -7,6 +7,7 @@
 //! Every event's Kafka timestamp is its production time, so end-to-end
 //! latency can be measured from it.
 
+mod avro;
 mod scenario;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,9 +77,47 @@ struct Args {
     /// example `-X security.protocol=SSL -X ssl.ca.location=ca.pem`.
     #[arg(short = 'X', long = "property", value_name = "NAME=VALUE", value_parser = property)]
     properties: Vec<(String, String)>,
+    /// Value format: `json`, or `avro` in Confluent's wire format with
+    /// each topic's schema registered in the schema registry.
+    #[arg(long, env = "FAKEGEN_FORMAT", value_enum, default_value = "json")]
+    format: Format,
+    /// The schema registry of `--format avro`.
+    #[arg(
+        long,
+        env = "FAKEGEN_SCHEMA_REGISTRY",
+        default_value = "http://localhost:8081"
+    )]
+    schema_registry: String,
     /// Skip the dimension records.
     #[arg(long, env = "FAKEGEN_NO_DIMENSIONS")]
     no_dimensions: bool,
+}
+
+/// How record values are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// The scenario's JSON objects.
+    Json,
+    /// Avro (Confluent's wire format) through the schema registry.
+    Avro,
+}
+
+/// The value bytes of each record in the chosen format.
+struct Values {
+    avro: Option<avro::AvroTopics>,
+    buf: Vec<u8>,
+}
+
+impl Values {
+    fn of<'a>(&'a mut self, topic: &str, r: &'a Record) -> anyhow::Result<&'a [u8]> {
+        match &mut self.avro {
+            None => Ok(r.value.as_bytes()),
+            Some(a) => {
+                a.encode(topic, &r.value, &mut self.buf)?;
+                Ok(&self.buf)
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -162,10 +201,16 @@ fn create_topics(args: &Args, names: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn send(producer: &BaseProducer<Counting>, topic: &str, r: &Record, ts: i64) -> anyhow::Result<()> {
+fn send(
+    producer: &BaseProducer<Counting>,
+    topic: &str,
+    r: &Record,
+    value: &[u8],
+    ts: i64,
+) -> anyhow::Result<()> {
     let mut record = BaseRecord::to(topic)
         .key(&r.key)
-        .payload(&r.value)
+        .payload(value)
         .timestamp(ts);
     loop {
         match producer.send(record) {
@@ -220,13 +265,19 @@ fn main() -> anyhow::Result<()> {
         .create_with_context(Counting(delivery.clone()))
         .context("cannot create the producer")?;
     let mut rng = Rng::new(args.seed);
+    let mut values = Values {
+        avro: (args.format == Format::Avro).then(|| avro::AvroTopics::new(&args.schema_registry)),
+        buf: Vec::new(),
+    };
     let started = Instant::now();
 
     let mut dims = 0u64;
     if !args.no_dimensions {
         for r in args.scenario.dimensions(args.keys, args.hit_rate, &mut rng) {
             if wanted(r.topic) {
-                send(&producer, &name(r.topic), &r, now_ms())?;
+                let topic = name(r.topic);
+                let value = values.of(&topic, &r)?;
+                send(&producer, &topic, &r, value, now_ms())?;
                 dims += 1;
                 producer.poll(Duration::ZERO);
             }
@@ -282,7 +333,9 @@ fn main() -> anyhow::Result<()> {
         let ts = now_ms();
         for r in &batch {
             if wanted(r.topic) {
-                send(&producer, &name(r.topic), r, ts)?;
+                let topic = name(r.topic);
+                let value = values.of(&topic, r)?;
+                send(&producer, &topic, r, value, ts)?;
                 records += 1;
             }
         }
