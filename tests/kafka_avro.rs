@@ -14,7 +14,8 @@ use apache_avro::types::Value as Avro;
 use kaflowsql::codec::avro::{frame, unframe};
 use kaflowsql::codec::AvroSchema;
 use support::{
-    create_topics, now_ms, producer, read_topic, require_broker, unique, Kaflowsql, Registry,
+    avro_rows, create_topics, now_ms, producer, read_topic, require_broker, unique, Kaflowsql,
+    Registry,
 };
 
 const V1: &str = r#"{"type":"record","name":"Order","namespace":"shop","fields":[
@@ -198,17 +199,7 @@ state:
     p.flush();
 
     let rows = read_topic(&out, 3, Duration::from_millis(500), Duration::from_secs(30));
-    let mut decoded = BTreeSet::new();
-    let mut ids = BTreeSet::new();
-    for r in &rows {
-        let (id, datum) = unframe(&r.value).unwrap();
-        ids.insert(id);
-        let schema = client.schema(id).unwrap();
-        let mut json = Vec::new();
-        schema.datum_to_json(id, datum, &mut json).unwrap();
-        let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
-        decoded.insert(format!("{key} {}", String::from_utf8(json).unwrap()));
-    }
+    let (decoded, ids) = avro_rows(&client, &rows);
     let expected: BTreeSet<String> = [
         format!(r#"1 {{"order_id":1,"customer_id":"c1","tier":"gold","amount":10.5,"coupon":null,"city":null,"at":"{}"}}"#, iso(now)),
         format!(r#"2 {{"order_id":2,"customer_id":"c2","tier":"silver","amount":20.0,"coupon":"SAVE","city":"Oslo","at":"{}"}}"#, iso(now + 1)),

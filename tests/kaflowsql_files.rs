@@ -12,11 +12,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use apache_avro::types::Value as Avro;
-use kaflowsql::codec::avro::{frame, unframe};
+use kaflowsql::codec::avro::frame;
 use kaflowsql::codec::AvroSchema;
 use support::{
-    brokers, create_topics, free_port, now_ms, producer, read_topic, repo_root, require_broker,
-    unique, Registry,
+    avro_rows, brokers, create_topics, free_port, now_ms, producer, read_topic, repo_root,
+    require_broker, unique, Registry,
 };
 
 const ORDER: &str = r#"{"type":"record","name":"Order","namespace":"com.example.orders","fields":[
@@ -143,18 +143,7 @@ fn kaflowsql_shaped_files_run_avro_in_and_out() {
     let _ = child.kill();
     let _ = child.wait();
     let log = std::fs::read_to_string(&log).unwrap_or_default();
-    let mut got = BTreeSet::new();
-    for r in &rows {
-        let (id, datum) = unframe(&r.value).unwrap();
-        let mut json = Vec::new();
-        client
-            .schema(id)
-            .unwrap()
-            .datum_to_json(id, datum, &mut json)
-            .unwrap();
-        let key = String::from_utf8(r.key.clone().unwrap()).unwrap();
-        got.insert(format!("{key} {}", String::from_utf8(json).unwrap()));
-    }
+    let (got, ids) = avro_rows(&client, &rows);
     let expected: BTreeSet<String> = [
         r#"o1 {"order_id":"o1","customer_id":"c1","customer_name":"Ada","tier":"gold","amount":10.5}"#,
         r#"o2 {"order_id":"o2","customer_id":"c2","customer_name":"Bo","tier":null,"amount":3.0}"#,
@@ -164,7 +153,7 @@ fn kaflowsql_shaped_files_run_avro_in_and_out() {
     .collect();
     assert_eq!(got, expected, "{log}");
     let (latest, schema) = client.latest(&format!("{out}-value")).unwrap();
-    assert!(rows.iter().all(|r| unframe(&r.value).unwrap().0 == latest));
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![latest]);
     assert_eq!(
         kaflowsql::codec::avro::record_name(schema.schema()).as_deref(),
         Some("com.example.orders.EnrichedOrder")

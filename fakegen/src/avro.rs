@@ -1,7 +1,7 @@
 //! `--format avro`: each topic's records in Confluent's wire format (magic
 //! byte 0, the schema's registry id as 4 bytes big-endian, the Avro binary
 //! datum). A topic's schema is a record with one field per member of its
-//! first JSON record (text `string`, integers `long`, decimals `double`,
+//! first JSON record, in name order (text `string`, integers `long`, decimals `double`,
 //! booleans `boolean`; a member that is null there is `["null", "string"]`),
 //! registered under `<topic>-value` in the schema registry before the
 //! topic's first record is sent.
@@ -158,11 +158,11 @@ mod tests {
         assert_eq!(
             back,
             Avro::Record(vec![
+                ("gone".into(), Avro::Union(0, Box::new(Avro::Null))),
                 ("id".into(), Avro::String("a".into())),
                 ("n".into(), Avro::Long(3)),
-                ("x".into(), Avro::Double(1.5)),
                 ("ok".into(), Avro::Boolean(true)),
-                ("gone".into(), Avro::Union(0, Box::new(Avro::Null))),
+                ("x".into(), Avro::Double(1.5)),
             ])
         );
     }

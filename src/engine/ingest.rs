@@ -101,22 +101,9 @@ impl Engine {
         record: &SourceRecord<'_>,
         out: &mut Outputs,
     ) -> Result<Option<Arc<Event>>, EngineError> {
-        let mut dead = |stats: &mut super::EngineStats, kind: &'static str, reason: String| {
-            stats.dead_letters += 1;
-            out.dead_letters.push(DeadLetter {
-                topic: record.topic.to_string(),
-                partition: record.partition,
-                offset: record.offset,
-                key: record.key.map(<[u8]>::to_vec),
-                value: record.value.map(<[u8]>::to_vec),
-                reason,
-                kind,
-                decoded_copy: false,
-            });
-        };
         let Some(value) = record.value else {
             if let Some(reason) = self.tombstone(t, record.key)? {
-                dead(&mut self.stats, "tombstone", reason);
+                self.dead_letter(record, "tombstone", reason, out);
             }
             return Ok(None);
         };
@@ -131,7 +118,7 @@ impl Engine {
         let event = match decoded {
             Ok(e) => Arc::new(e),
             Err(e) => {
-                dead(&mut self.stats, "decode", e.to_string());
+                self.dead_letter(record, "decode", e.to_string(), out);
                 return Ok(None);
             }
         };
@@ -152,7 +139,7 @@ impl Engine {
             .admit(t, record.timestamp, &event, declared, topic.ttl_ms)
         {
             super::clock::Admission::Refused(reason) => {
-                dead(&mut self.stats, "event_time", reason);
+                self.dead_letter(record, "event_time", reason, out);
                 Ok(None)
             }
             super::clock::Admission::Late => {

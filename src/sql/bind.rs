@@ -131,11 +131,8 @@ pub(crate) fn sql_type_name(dt: &DataType) -> String {
     }
 }
 
-/// Binds `plan` in DuckDB with `declared` column types per topic.
-pub fn bind(
-    plan: &QueryPlan,
-    declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
-) -> Result<(), SqlError> {
+/// Runs `f` on the shared binding DuckDB, opened on first use.
+fn with_binder<R>(f: impl FnOnce(&mut Evaluator) -> Result<R, SqlError>) -> Result<R, SqlError> {
     let unavailable = |why: String| {
         SqlError::new(
             SqlPosition::default(),
@@ -149,9 +146,17 @@ pub fn bind(
         *slot = Some(Evaluator::new().map_err(|e| unavailable(e.to_string()))?);
     }
     match slot.as_mut() {
-        Some(ev) => check(ev, plan, declared),
-        None => Ok(()),
+        Some(ev) => f(ev),
+        None => Err(unavailable("it did not open".into())),
     }
+}
+
+/// Binds `plan` in DuckDB with `declared` column types per topic.
+pub fn bind(
+    plan: &QueryPlan,
+    declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
+) -> Result<(), SqlError> {
+    with_binder(|ev| check(ev, plan, declared))
 }
 
 /// The DuckDB type of each output column of `plan` with `declared` column
@@ -164,21 +169,14 @@ pub fn output_types(
     plan: &QueryPlan,
     declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
 ) -> Result<Vec<Option<DataType>>, SqlError> {
-    let unavailable = |why: String| {
-        SqlError::new(
-            SqlPosition::default(),
-            format!("cannot open DuckDB to check the query: {why}"),
-        )
-    };
-    let mut slot = BINDER
-        .lock()
-        .map_err(|_| unavailable("its lock was poisoned (this is a bug)".into()))?;
-    if slot.is_none() {
-        *slot = Some(Evaluator::new().map_err(|e| unavailable(e.to_string()))?);
-    }
-    let Some(ev) = slot.as_mut() else {
-        return Ok(vec![None; plan.outputs.len()]);
-    };
+    with_binder(|ev| types_of(ev, plan, declared))
+}
+
+fn types_of(
+    ev: &mut Evaluator,
+    plan: &QueryPlan,
+    declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
+) -> Result<Vec<Option<DataType>>, SqlError> {
     let type_of = |r: ColumnRef| -> Option<ColumnType> { declared_type(plan, declared, r) };
     let input = null_batch(plan, &type_of)?;
     let sql = DuckSql::build(plan, &ev.from_clause(), &|r| type_of(r).is_some());

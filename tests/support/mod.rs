@@ -793,6 +793,34 @@ impl Registry {
     }
 }
 
+/// `key json` of each Avro output record, its datum read with the writer
+/// schema its frame names (fetched from the registry); with the schema ids seen.
+pub fn avro_rows(
+    client: &kaflowsql::registry::SchemaRegistry,
+    rows: &[Received],
+) -> (
+    std::collections::BTreeSet<String>,
+    std::collections::BTreeSet<u32>,
+) {
+    let (mut lines, mut ids) = (
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    );
+    for r in rows {
+        let (id, datum) = kaflowsql::codec::avro::unframe(&r.value).unwrap();
+        ids.insert(id);
+        let mut json = Vec::new();
+        client
+            .schema(id)
+            .unwrap()
+            .datum_to_json(id, datum, &mut json)
+            .unwrap();
+        let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+        lines.insert(format!("{key} {}", String::from_utf8(json).unwrap()));
+    }
+    (lines, ids)
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
