@@ -22,6 +22,8 @@ fn the_e2e_harness_runs_every_scenario_on_tiny_counts() {
         peer: false,
         // The Avro leg of iot runs too: its outputs are counted by complete().
         avro: true,
+        // Flink is measured in the benchmark only (its JVM takes ~10 s).
+        flink: false,
         repeats: 1,
         // Other test binaries may use the broker: never restart it here.
         fresh_broker: false,

@@ -307,3 +307,110 @@ output:
     let reason = &dead[0].headers["kaflowsql.dlq.reason"];
     assert!(reason.contains("`name` is NULL"), "{reason}");
 }
+
+/// A registry that cannot be reached holds the record whose schema is not
+/// known yet: nothing is dropped or dead-lettered, the outage is counted, and
+/// the record goes on when the registry answers again.
+#[test]
+fn a_registry_outage_holds_records_until_it_answers() {
+    require_broker();
+    let registry = Registry::start(&[]);
+    let port = registry.port();
+    let client = registry.client();
+    let dir = tempfile::tempdir().unwrap();
+    let s = unique("avroout").replace('-', "_");
+    let (orders, out, dlq) = (
+        format!("orders_{s}"),
+        format!("out_{s}"),
+        format!("dlq_{s}"),
+    );
+    create_topics(&[(&orders, 1), (&out, 1), (&dlq, 1)]);
+    let (v1, v2) = (
+        AvroSchema::parse(V1).unwrap(),
+        AvroSchema::parse(V2).unwrap(),
+    );
+    let subject = format!("{orders}-value");
+    let id1 = client.register(&subject, &v1).unwrap();
+    let id2 = client.register(&subject, &v2).unwrap();
+    let file = dir.path().join("outage.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: outage_{s}\nquery: SELECT o.order_id, o.coupon FROM {orders} o\noutput: {{ topic: {out}, dlq_topic: {dlq} }}\nsources:\n  {orders}: {{ format: avro }}\n"
+        ),
+    )
+    .unwrap();
+    let k = Kaflowsql::start_with_registry(dir.path(), &[&file], &registry.url);
+    let now = now_ms();
+    let order = |id: i64| {
+        vec![
+            ("order_id".to_string(), Avro::Long(id)),
+            ("customer_id".to_string(), Avro::String("c1".into())),
+            ("amount".to_string(), Avro::Double(1.0)),
+            ("at".to_string(), Avro::TimestampMillis(now)),
+        ]
+    };
+    let p = producer();
+    p.send(
+        &orders,
+        Some(0),
+        None,
+        Some(&framed(id1, &v1, Avro::Record(order(1)))),
+        now,
+    );
+    p.flush();
+    let first = read_topic(&out, 1, Duration::from_millis(200), Duration::from_secs(30));
+    assert_eq!(first.len(), 1, "{}", k.log_text());
+    // The registry goes away; a record of a schema not fetched yet arrives.
+    drop(registry);
+    let mut second = order(2);
+    second.push((
+        "coupon".into(),
+        Avro::Union(1, Box::new(Avro::String("X".into()))),
+    ));
+    second.push(("shipping".into(), Avro::Union(0, Box::new(Avro::Null))));
+    p.send(
+        &orders,
+        Some(0),
+        None,
+        Some(&framed(id2, &v2, Avro::Record(second))),
+        now + 1,
+    );
+    p.flush();
+    let outages = |k: &Kaflowsql| -> f64 {
+        k.get("/metrics")
+            .map(|(_, body)| {
+                body.lines()
+                    .filter(|l| {
+                        l.starts_with("kaflowsql_errors_total{")
+                            && l.contains(r#"kind="schema_registry""#)
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    };
+    k.wait_until(Duration::from_secs(30), |k| outages(k) >= 1.0);
+    assert_eq!(
+        read_topic(&out, 2, Duration::from_millis(500), Duration::from_secs(2)).len(),
+        1
+    );
+    // Back, with the same schemas under the same ids (an in-memory registry
+    // started again, registered in the same order).
+    let again = Registry::start_on(port, &[]);
+    let c = again.client();
+    assert_eq!(c.register(&subject, &v1).unwrap(), id1);
+    assert_eq!(c.register(&subject, &v2).unwrap(), id2);
+    let rows = read_topic(&out, 2, Duration::from_millis(300), Duration::from_secs(60));
+    let lines: Vec<String> = rows.iter().map(|r| r.line()).collect();
+    assert_eq!(
+        lines,
+        vec![
+            r#"{"key":null,"value":{"order_id":1,"coupon":null}}"#,
+            r#"{"key":null,"value":{"order_id":2,"coupon":"X"}}"#,
+        ],
+        "{}",
+        k.log_text()
+    );
+    assert!(read_topic(&dlq, 1, Duration::from_millis(200), Duration::from_secs(2)).is_empty());
+}

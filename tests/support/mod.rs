@@ -759,7 +759,12 @@ impl Registry {
     /// Starts one with `args` (`--basic-auth u:p`, TLS files) and waits
     /// until it answers.
     pub fn start(args: &[&str]) -> Self {
-        let port = free_port();
+        Self::start_on(free_port(), args)
+    }
+
+    /// [`Registry::start`] on `port` (a registry started again where one
+    /// was stopped).
+    pub fn start_on(port: u16, args: &[&str]) -> Self {
         let child = std::process::Command::new("python3")
             .arg(repo_root().join("deploy/local/schema-registry.py"))
             .args(["--port", &port.to_string(), "--quiet"])
@@ -768,6 +773,8 @@ impl Registry {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("python3 runs the test registry");
+        // The port may be in TIME_WAIT from an earlier one: the server binds
+        // with SO_REUSEADDR (Python's HTTPServer does).
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -780,6 +787,15 @@ impl Registry {
             child,
             url: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
     }
 
     /// A client of it.
