@@ -7,7 +7,9 @@
 //! (medians reported), `E2E_SCENARIOS=iot,trades,...`,
 //! `E2E_RATE`/`E2E_SECONDS` for the fixed-rate mode, `E2E_BURST_BASE`/
 //! `E2E_BURST_SECONDS` for the burst; `E2E_AVRO=0` skips the Avro-in leg of iot
-//! (the same data as Avro through `deploy/local/schema-registry.py`); `E2E_PEER=0` skips the peer, which
+//! (the same data as Avro through `deploy/local/schema-registry.py`); `E2E_FLINK=0` skips Flink SQL 2.0
+//! on iot (`benches/support/flink_peer.py`, `.deps/flink-venv` from `deploy/local/deps.sh --flink`;
+//! `E2E_FLINK_PARALLELISM`, 1); `E2E_PEER=0` skips the Quix Streams peer, which
 //! needs quixstreams 3.28.1 in `.deps/venv`, installed by deploy/local/deps.sh). Writes
 //! `<target>/bench/e2e.json` and `e2e.md`; exits non-zero when outputs are
 //! missing or, with `--compare`, when throughput or p99 regressed by more than 10%.
@@ -41,6 +43,7 @@ fn main() {
         burst_seconds: env_or("E2E_BURST_SECONDS", 3),
         peer: std::env::var("E2E_PEER").map_or(true, |v| v != "0"),
         avro: std::env::var("E2E_AVRO").map_or(true, |v| v != "0"),
+        flink: std::env::var("E2E_FLINK").map_or(true, |v| v != "0"),
         repeats: env_or("E2E_REPEATS", 3) as u32,
         fresh_broker: true,
         scenarios: std::env::var("E2E_SCENARIOS")

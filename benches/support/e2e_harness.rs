@@ -30,6 +30,7 @@ mod report;
 pub use report::{regressions, Latency, Report, Throughput};
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,6 +63,8 @@ pub struct Settings {
     pub burst_seconds: u64,
     /// Also run the Quix Streams peer (needs quixstreams in .deps/venv).
     pub peer: bool,
+    /// Also run Flink SQL 2.0 on the iot data (`E2E_FLINK=0` skips it).
+    pub flink: bool,
     /// Also run kaflowsql on the iot data as Avro through the test schema
     /// registry (`E2E_AVRO=0` skips it).
     pub avro: bool,
@@ -501,9 +504,15 @@ impl Kaflowsql {
             .arg(&pipeline)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap();
         Self { child, port }
+    }
+
+    /// User + system CPU seconds the process used so far.
+    fn cpu_seconds(&self) -> f64 {
+        group_cpu_seconds(self.child.id())
     }
 
     fn peak_rss_mb(&self) -> f64 {
@@ -558,6 +567,48 @@ impl Kaflowsql {
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`: 100 on
+/// Linux for x86-64 and arm64).
+const TICKS_PER_S: f64 = 100.0;
+
+/// User + system CPU seconds of every process in process group `pgid` (a
+/// peer's interpreter and the JVM it starts), from /proc.
+fn group_cpu_seconds(pgid: u32) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return f64::NAN;
+    };
+    let mut ticks = 0u64;
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command's closing parenthesis: state ppid pgrp ...
+        // utime is field 14 and stime 15 of the whole line.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
+            ticks += f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    ticks as f64 / TICKS_PER_S
+}
+
+/// User + system CPU seconds of this process so far (its threads: the
+/// passthrough copier and the reader of outputs).
+fn own_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .map_or(f64::NAN, |t| t / TICKS_PER_S)
 }
 
 /// Records per second from the first to the last arrival.
@@ -636,6 +687,10 @@ fn max_throughput(
     );
     let (mut base_rates, mut kf_rates, mut peer_rates) = (Vec::new(), Vec::new(), Vec::new());
     let mut avro_rates = Vec::new();
+    // CPU seconds per round: kaflowsql's process; this process during the
+    // passthrough (copier + reader) and during kaflowsql (reader only).
+    let (mut kf_cpu, mut base_cpu, mut reader_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut flink_rates, mut flink_cpu, mut peer_cpu) = (Vec::new(), Vec::new(), Vec::new());
     let avro = (settings.avro && s.name == "iot").then(AvroData::start);
     t.outputs = data.expected;
     for round in 0..settings.repeats.max(1) {
@@ -643,6 +698,7 @@ fn max_throughput(
         // Passthrough baseline: every stream record copied.
         fresh_broker(settings);
         let (base, stop, copier) = baseline(format!("{tag}base_"), s, &data, events);
+        let own = own_cpu_seconds();
         let arr = arrivals(
             &base.name("copy"),
             s.partitions,
@@ -652,6 +708,7 @@ fn max_throughput(
         );
         stop.store(true, Ordering::Relaxed);
         copier.join().unwrap();
+        base_cpu.push(own_cpu_seconds() - own);
         base_rates.push(rate(&arr));
         println!(
             "  round {round}: passthrough baseline: {} of {events} records, {:.0} events/s",
@@ -667,6 +724,7 @@ fn max_throughput(
         kf.create(s, &[]);
         preload(&kf, &data);
         let k = Kaflowsql::start(kaflowsql, dir, s, &kf, None);
+        let own = own_cpu_seconds();
         let arr = arrivals(
             &kf.name(s.output),
             s.partitions,
@@ -674,6 +732,8 @@ fn max_throughput(
             data.expected,
             Duration::from_secs(300),
         );
+        reader_cpu.push(own_cpu_seconds() - own);
+        kf_cpu.push(k.cpu_seconds());
         t.peak_rss_mb = t.peak_rss_mb.max(k.peak_rss_mb());
         t.join_hit_rate = k.metric("kaflowsql_join_hit_rate");
         t.mean_batch_rows = k.metric("kaflowsql_events_processed_total")
@@ -725,8 +785,16 @@ fn max_throughput(
         }
         if settings.peer && s.name == "iot" {
             fresh_broker(settings);
-            if let Some(r) = peer(&tag, s, &data, &mut t) {
+            if let Some((r, cpu)) = peer(&tag, s, &data, &mut t) {
                 peer_rates.push(r);
+                peer_cpu.push(cpu);
+            }
+        }
+        if settings.flink && s.name == "iot" {
+            fresh_broker(settings);
+            if let Some((r, cpu)) = flink_peer(&tag, s, &data, &mut t) {
+                flink_rates.push(r);
+                flink_cpu.push(cpu);
             }
         }
     }
@@ -738,6 +806,19 @@ fn max_throughput(
         t.peer_events_per_s = Some(median(&peer_rates));
     }
     t.peer_runs = peer_rates;
+    if !flink_rates.is_empty() && t.flink_outputs == Some(t.expected_outputs) {
+        t.flink_events_per_s = Some(median(&flink_rates));
+    }
+    t.flink_runs = flink_rates;
+    let per_event = |cpu: &[f64]| (!cpu.is_empty()).then(|| median(cpu) * 1e6 / events as f64);
+    t.kaflowsql_cpu_us = per_event(&kf_cpu);
+    // The passthrough's own share: this process's CPU while it copied, less
+    // what the same reader cost while it read kaflowsql's outputs (scaled to
+    // the copy's record count).
+    let reader = median(&reader_cpu) * events as f64 / data.expected.max(1) as f64;
+    t.baseline_cpu_us = per_event(&base_cpu).map(|c| c - reader * 1e6 / events as f64);
+    t.peer_cpu_us = per_event(&peer_cpu);
+    t.flink_cpu_us = per_event(&flink_cpu);
     if !avro_rates.is_empty() && t.avro_outputs == Some(t.expected_outputs) {
         t.avro_events_per_s = Some(median(&avro_rates));
     }
@@ -786,7 +867,7 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// The Quix Streams peer on the IoT data (`benches/support/quix_peer.py`).
-fn peer(run: &str, s: &Scenario, data: &scenarios::Data, t: &mut Throughput) -> Option<f64> {
+fn peer(run: &str, s: &Scenario, data: &scenarios::Data, t: &mut Throughput) -> Option<(f64, f64)> {
     let python = root().join(".deps/venv/bin/python");
     let importable = Command::new(&python)
         .args(["-c", "import quixstreams"])
@@ -809,6 +890,7 @@ fn peer(run: &str, s: &Scenario, data: &scenarios::Data, t: &mut Throughput) -> 
         .arg(state.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap();
     let arr = arrivals(
@@ -818,6 +900,7 @@ fn peer(run: &str, s: &Scenario, data: &scenarios::Data, t: &mut Throughput) -> 
         data.expected,
         Duration::from_secs(300),
     );
+    let cpu = group_cpu_seconds(child.id());
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -837,7 +920,65 @@ fn peer(run: &str, s: &Scenario, data: &scenarios::Data, t: &mut Throughput) -> 
             "  FAILED: outputs missing"
         }
     );
-    (got == data.expected).then_some(r)
+    (got == data.expected).then_some((r, cpu))
+}
+
+/// Flink SQL 2.0 (`benches/support/flink_peer.py`, in `.deps/flink-venv`)
+/// on the iot data: input events per second and CPU seconds of its process
+/// group (Python and the JVM), or None when it is not installed or lost rows.
+fn flink_peer(
+    run: &str,
+    s: &Scenario,
+    data: &scenarios::Data,
+    t: &mut Throughput,
+) -> Option<(f64, f64)> {
+    let python = root().join(".deps/flink-venv/bin/python");
+    if !python.exists() {
+        println!("  Flink skipped: no .deps/flink-venv (run deploy/local/deps.sh --flink)");
+        return None;
+    }
+    let fq = Topics {
+        prefix: format!("{run}flink_"),
+    };
+    fq.create(s, &["enriched"]);
+    preload(&fq, data);
+    let parallelism = std::env::var("E2E_FLINK_PARALLELISM").unwrap_or_else(|_| "1".into());
+    let mut child = Command::new(&python)
+        .arg(root().join("benches/support/flink_peer.py"))
+        .args([
+            BROKERS,
+            &fq.prefix,
+            &format!("{}group", fq.prefix),
+            &parallelism,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let arr = arrivals(
+        &fq.name("enriched"),
+        1,
+        None,
+        data.expected,
+        Duration::from_secs(600),
+    );
+    let cpu = group_cpu_seconds(child.id());
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg(format!("-{}", child.id()))
+        .status();
+    let _ = child.wait();
+    let got = arr.len() as u64;
+    t.flink_outputs = Some(t.flink_outputs.map_or(got, |n| n.min(got)));
+    let r = rate(&arr) * t.events as f64 / data.expected.max(1) as f64;
+    println!(
+        "  Flink SQL (parallelism {parallelism}): {got} of {} outputs, {r:.0} input events/s, {:.1} CPU s{}",
+        data.expected,
+        cpu,
+        if got == data.expected { "" } else { "  FAILED: outputs missing" }
+    );
+    (got == data.expected).then_some((r, cpu))
 }
 
 /// Paced runs of a single-stream scenario: `phases` of (events/s, seconds),

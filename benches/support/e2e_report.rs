@@ -34,6 +34,17 @@ pub struct Throughput {
     pub avro_events_per_s: Option<f64>,
     pub avro_outputs: Option<u64>,
     pub avro_runs: Vec<f64>,
+    /// Flink SQL 2.0 on the same data (iot; None when not run or rows lost).
+    pub flink_events_per_s: Option<f64>,
+    pub flink_outputs: Option<u64>,
+    pub flink_runs: Vec<f64>,
+    /// User + system CPU per input event, µs (medians over the rounds):
+    /// kaflowsql's process, the passthrough's share of the harness process,
+    /// the Quix Streams and Flink process groups.
+    pub kaflowsql_cpu_us: Option<f64>,
+    pub baseline_cpu_us: Option<f64>,
+    pub peer_cpu_us: Option<f64>,
+    pub flink_cpu_us: Option<f64>,
 }
 
 impl Throughput {
@@ -43,6 +54,9 @@ impl Throughput {
     pub fn complete(&self) -> bool {
         self.outputs == self.expected_outputs
             && self.avro_outputs.is_none_or(|a| a == self.expected_outputs)
+            && self
+                .flink_outputs
+                .is_none_or(|f| f == self.expected_outputs)
             && self.peer_outputs.is_none_or(|p| p == self.expected_outputs)
     }
 }
@@ -122,6 +136,10 @@ impl Report {
                     "rounds": {"baseline_events_per_s": t.baseline_runs, "kaflowsql_events_per_s": t.kaflowsql_runs, "peer_events_per_s": t.peer_runs},
                     "peer_quixstreams_events_per_s": t.peer_events_per_s,
                     "avro_events_per_s": t.avro_events_per_s,
+                    "flink_events_per_s": t.flink_events_per_s,
+                    "flink_rounds": t.flink_runs,
+                    "flink_outputs": t.flink_outputs,
+                    "cpu_us_per_event": {"kaflowsql": t.kaflowsql_cpu_us, "passthrough": t.baseline_cpu_us, "quixstreams": t.peer_cpu_us, "flink": t.flink_cpu_us},
                     "avro_rounds": t.avro_runs,
                     "avro_outputs": t.avro_outputs,
                     "peer_outputs": t.peer_outputs,
@@ -170,6 +188,36 @@ impl Report {
                 (None, Some(n)) => {
                     md += &format!(
                         "\nPeer (Quix Streams), {}: FAILED ({n} of {} outputs)\n",
+                        t.scenario, t.expected_outputs
+                    )
+                }
+                _ => {}
+            }
+        }
+        md += "\nCPU per input event (user + system, µs, medians):\n\n| scenario | passthrough | kaflowsql | Quix Streams | Flink SQL |\n|---|---|---|---|---|\n";
+        let us = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.2}"));
+        for t in &self.throughput {
+            md += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                t.scenario,
+                us(t.baseline_cpu_us),
+                us(t.kaflowsql_cpu_us),
+                us(t.peer_cpu_us),
+                us(t.flink_cpu_us)
+            );
+        }
+        for t in &self.throughput {
+            match (t.flink_events_per_s, t.flink_outputs) {
+                (Some(f), _) => {
+                    md += &format!(
+                        "\nFlink SQL 2.0, {}: {f:.0} ev/s; kaflowsql / Flink = **{:.1}**\n",
+                        t.scenario,
+                        t.kaflowsql_events_per_s / f.max(1.0)
+                    )
+                }
+                (None, Some(n)) => {
+                    md += &format!(
+                        "\nFlink SQL 2.0, {}: FAILED ({n} of {} outputs)\n",
                         t.scenario, t.expected_outputs
                     )
                 }
