@@ -964,8 +964,10 @@ fn flink_peer(
         Duration::from_secs(600),
     );
     let cpu = group_cpu_seconds(child.id());
+    // The whole group: Python and the JVM it started (`--` before a
+    // negative pid, which util-linux's kill needs).
     let _ = Command::new("kill")
-        .arg("-KILL")
+        .args(["-KILL", "--"])
         .arg(format!("-{}", child.id()))
         .status();
     let _ = child.wait();
