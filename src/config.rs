@@ -20,7 +20,8 @@ pub use global::{
 };
 pub use locate::{Locations, Position};
 pub use pipeline::{
-    default_ttl_ms, Emission, OnTimeout, Output, OutputFormat, Pipeline, SourceFormat, SourceSpec,
+    default_ttl_ms, Emission, OnTimeout, Output, OutputFormat, Pipeline, PipelineDefaults,
+    SourceFormat, SourceSpec,
 };
 
 use std::path::{Path, PathBuf};

@@ -232,7 +232,11 @@ fn validate(files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<ExitCode
         }
     }
     for f in files {
-        match Pipeline::load_with_default_ttl(f, default_ttl) {
+        let defaults = kaflowsql::config::PipelineDefaults {
+            ttl_ms: default_ttl,
+            use_avro: avro.is_some_and(|(use_avro, _)| use_avro),
+        };
+        match Pipeline::load_with_defaults(f, defaults) {
             Ok(p) => match (avro, config) {
                 (Some((use_avro, false)), Some(c)) if p.uses_registry(use_avro) => {
                     failed = true;

@@ -144,7 +144,11 @@ fn load(
     let mut pipelines = Vec::new();
     let mut invalid = false;
     for f in files {
-        match Pipeline::load_with_default_ttl(f, default_ttl) {
+        let defaults = kaflowsql::config::PipelineDefaults {
+            ttl_ms: default_ttl,
+            use_avro: global.kafka.use_avro,
+        };
+        match Pipeline::load_with_defaults(f, defaults) {
             Ok(p) => pipelines.push(p),
             Err(e) => {
                 eprintln!("{e}");

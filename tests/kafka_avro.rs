@@ -414,3 +414,73 @@ fn a_registry_outage_holds_records_until_it_answers() {
     );
     assert!(read_topic(&dlq, 1, Duration::from_millis(200), Duration::from_secs(2)).is_empty());
 }
+
+/// Avro in, Avro out, nothing declared: the output schema is derived at
+/// start from the SELECT over the source's types in the registry (the
+/// latest schema of `<topic>-value`).
+#[test]
+fn avro_in_and_out_derives_the_output_schema_from_the_registry() {
+    require_broker();
+    let registry = Registry::start(&[]);
+    let client = registry.client();
+    let dir = tempfile::tempdir().unwrap();
+    let s = unique("avroderive").replace('-', "_");
+    let (orders, out) = (format!("orders_{s}"), format!("out_{s}"));
+    create_topics(&[(&orders, 1), (&out, 1)]);
+    let v2 = AvroSchema::parse(V2).unwrap();
+    let id = client.register(&format!("{orders}-value"), &v2).unwrap();
+    let file = dir.path().join("derive.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: derive-{s}\nquery: SELECT o.order_id, o.amount * 2 AS doubled, o.coupon FROM {orders} o\noutput: {{ topic: {out}, format: avro, key: order_id }}\nsources:\n  {orders}: {{ format: avro }}\n"
+        ),
+    )
+    .unwrap();
+    let validate = std::process::Command::new(env!("CARGO_BIN_EXE_kaflowsql"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        validate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+    let k = Kaflowsql::start_with_registry(dir.path(), &[&file], &registry.url);
+    let now = now_ms();
+    let p = producer();
+    let value = framed(
+        id,
+        &v2,
+        Avro::Record(vec![
+            ("order_id".into(), Avro::Long(5)),
+            ("customer_id".into(), Avro::String("c1".into())),
+            ("amount".into(), Avro::Double(2.25)),
+            ("at".into(), Avro::TimestampMillis(now)),
+            (
+                "coupon".into(),
+                Avro::Union(1, Box::new(Avro::String("Z".into()))),
+            ),
+            ("shipping".into(), Avro::Union(0, Box::new(Avro::Null))),
+        ]),
+    );
+    p.send(&orders, Some(0), None, Some(&value), now);
+    p.flush();
+    let rows = read_topic(&out, 1, Duration::from_millis(300), Duration::from_secs(30));
+    let (lines, ids) = avro_rows(&client, &rows);
+    assert_eq!(
+        lines.into_iter().collect::<Vec<_>>(),
+        vec![r#"5 {"order_id":5,"doubled":4.5,"coupon":"Z"}"#.to_string()],
+        "{}",
+        k.log_text()
+    );
+    let (latest, schema) = client.latest(&format!("{out}-value")).unwrap();
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![latest]);
+    assert_eq!(
+        schema.text(),
+        format!(
+            r#"{{"type":"record","namespace":"kaflowsql","name":"derive_{s}","fields":[{{"name":"order_id","type":["null","long"],"default":null}},{{"name":"doubled","type":["null","double"],"default":null}},{{"name":"coupon","type":["null","string"],"default":null}}]}}"#
+        )
+    );
+}

@@ -730,6 +730,60 @@ pub fn type_text(schema: &Schema) -> String {
     serde_json::to_string(schema).unwrap_or_else(|_| format!("{schema:?}"))
 }
 
+/// The record name of a schema derived for pipeline `pipeline`: its name
+/// with every character that is not a letter or digit as `_` (a leading
+/// digit gets a `_` before it).
+pub fn record_name_of(pipeline: &str) -> String {
+    let name: String = pipeline
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("_{name}")
+    } else {
+        name
+    }
+}
+
+/// The column type each top-level field of a writer schema (a record) is
+/// read as: int and long BIGINT; float, double and decimal DOUBLE; boolean
+/// BOOLEAN; record, array and map JSON; every other type (string, enum,
+/// uuid, bytes, fixed, dates, times, timestamps) VARCHAR, as the decoder
+/// sees the JSON text of a datum ([`AvroSchema::datum_to_json`]). `["null",
+/// T]` is T's; a union of several types has none (left out).
+pub fn column_types(schema: &AvroSchema) -> Vec<(String, super::ColumnType)> {
+    use super::ColumnType as C;
+    fn of(schema: &AvroSchema, s: &Schema) -> Option<C> {
+        Some(match schema.resolve(s) {
+            Schema::Union(u) => {
+                let branches: Vec<&Schema> = u
+                    .variants()
+                    .iter()
+                    .filter(|v| !matches!(v, Schema::Null))
+                    .collect();
+                match branches.as_slice() {
+                    [one] => return of(schema, one),
+                    _ => return None,
+                }
+            }
+            Schema::Int | Schema::Long => C::BigInt,
+            Schema::Float | Schema::Double | Schema::Decimal(_) | Schema::BigDecimal => C::Double,
+            Schema::Boolean => C::Boolean,
+            Schema::Record(_) | Schema::Array(_) | Schema::Map(_) | Schema::Duration => C::Json,
+            Schema::Null => return None,
+            _ => C::Varchar,
+        })
+    }
+    match schema.schema() {
+        Schema::Record(r) => r
+            .fields
+            .iter()
+            .filter_map(|f| Some((f.name.clone(), of(schema, &f.schema)?)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The record name of a schema, for messages.
 pub fn record_name(schema: &Schema) -> Option<String> {
     match schema {
@@ -864,6 +918,29 @@ mod tests {
             &mut out,
         );
         assert!(matches!(lossy, Err(AvroError::DoesNotFit(m)) if m.contains("`price`")));
+    }
+
+    #[test]
+    fn writer_schemas_give_column_types() {
+        use crate::codec::ColumnType as C;
+        let s = schema(
+            r#"{"type":"record","name":"R","fields":[
+              {"name":"a","type":"int"},{"name":"b","type":["null","double"]},
+              {"name":"c","type":{"type":"long","logicalType":"timestamp-millis"}},
+              {"name":"d","type":{"type":"array","items":"string"}},
+              {"name":"e","type":["string","long"]},{"name":"f","type":"boolean"}]}"#,
+        );
+        assert_eq!(
+            column_types(&s),
+            vec![
+                ("a".to_string(), C::BigInt),
+                ("b".to_string(), C::Double),
+                ("c".to_string(), C::Varchar),
+                ("d".to_string(), C::Json),
+                ("f".to_string(), C::Boolean),
+            ]
+        );
+        assert_eq!(record_name_of("1-my.pipe"), "_1_my_pipe");
     }
 
     #[test]

@@ -250,6 +250,29 @@ pub struct Output {
     /// With `format: avro`, the output value's Avro schema as JSON text:
     /// `output.schema`, else derived from the SELECT's types.
     pub avro_schema: Option<String>,
+    /// With `format: avro` and no `output.schema`, the Avro sources whose
+    /// column types the derived schema needs from the registry (the latest
+    /// schema of `<topic>-value`, read at start); then `avro_schema` is None
+    /// until the run derives it.
+    pub avro_types_from: Vec<String>,
+}
+
+/// What the global config gives every pipeline it runs.
+#[derive(Clone, Copy, Debug)]
+pub struct PipelineDefaults {
+    /// TTL of event streams that set none (`state.ttl`), in milliseconds.
+    pub ttl_ms: i64,
+    /// Sources are Avro unless they say otherwise (`kafka.useAvro`).
+    pub use_avro: bool,
+}
+
+impl Default for PipelineDefaults {
+    fn default() -> Self {
+        Self {
+            ttl_ms: default_ttl_ms(),
+            use_avro: false,
+        }
+    }
 }
 
 /// When rows are emitted.
@@ -315,8 +338,22 @@ impl Pipeline {
     /// Loads a pipeline file whose event streams default to a TTL of
     /// `default_ttl_ms` when it sets none (the global config's `state.ttl`).
     pub fn load_with_default_ttl(file: &Path, default_ttl_ms: i64) -> Result<Self, ConfigError> {
+        Self::load_with_defaults(
+            file,
+            PipelineDefaults {
+                ttl_ms: default_ttl_ms,
+                use_avro: false,
+            },
+        )
+    }
+
+    /// Loads a pipeline file with what the global config gives it.
+    pub fn load_with_defaults(
+        file: &Path,
+        defaults: PipelineDefaults,
+    ) -> Result<Self, ConfigError> {
         let text = read(file)?;
-        Self::parse_with_default_ttl(file, &text, default_ttl_ms)
+        Self::parse_with_defaults(file, &text, defaults)
     }
 
     /// Validates pipeline `text` read from `file`, after `${VAR}` and
@@ -331,6 +368,22 @@ impl Pipeline {
         text: &str,
         default_ttl_ms: i64,
     ) -> Result<Self, ConfigError> {
+        Self::parse_with_defaults(
+            file,
+            text,
+            PipelineDefaults {
+                ttl_ms: default_ttl_ms,
+                use_avro: false,
+            },
+        )
+    }
+
+    /// [`Pipeline::parse`] with what the global config gives it.
+    pub fn parse_with_defaults(
+        file: &Path,
+        text: &str,
+        defaults: PipelineDefaults,
+    ) -> Result<Self, ConfigError> {
         let text = &super::env::expand(file, text, &|k| std::env::var(k).ok())
             .map_err(|d| ConfigError::Invalid(Diagnostics(d)))?;
         let raw: RawPipeline = serde_yaml_ng::from_str(text)
@@ -341,7 +394,8 @@ impl Pipeline {
             text,
             locations: &locations,
             problems: Diagnostics::default(),
-            default_ttl_ms,
+            default_ttl_ms: defaults.ttl_ms,
+            use_avro: defaults.use_avro,
         }
         .validate(raw)
     }

@@ -14,7 +14,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use super::connect;
-use crate::codec::avro::{frame, record_name, unframe};
+use crate::codec::avro::{
+    avro_type_of, column_types, derived_record, frame, record_name, record_name_of, unframe,
+};
 use crate::codec::AvroSchema;
 use crate::config::{GlobalConfig, OutputFormat, Pipeline, SourceFormat};
 use crate::engine::TopicId;
@@ -81,13 +83,19 @@ impl Formats {
         };
         let registry = Arc::new(SchemaRegistry::new(config)?);
         if pipeline.output.format == OutputFormat::Avro {
-            let text = pipeline.output.avro_schema.as_deref().ok_or_else(|| {
-                RegistryError::Setup("the output has format avro and no schema (a bug)".into())
-            })?;
-            let schema = AvroSchema::parse(text).map_err(|e| RegistryError::BadSchema {
-                what: "output.schema".into(),
-                reason: e.to_string(),
-            })?;
+            let schema = match pipeline.output.avro_schema.as_deref() {
+                Some(text) => AvroSchema::parse(text).map_err(|e| RegistryError::BadSchema {
+                    what: "output.schema".into(),
+                    reason: e.to_string(),
+                })?,
+                None => {
+                    let Some(s) = derive_from_registry(pipeline, &registry, shutdown, metrics)?
+                    else {
+                        return Ok(None);
+                    };
+                    s
+                }
+            };
             let record = record_name(schema.schema()).unwrap_or_default();
             let subject = config
                 .subject_strategy
@@ -176,4 +184,72 @@ impl Formats {
             .map_err(|e| e.to_string())?;
         Ok(&self.datum)
     }
+}
+
+/// The output schema derived from the SELECT's types, with the column types
+/// of the Avro sources `pipeline.output.avro_types_from` read from the
+/// latest writer schema of `<topic>-value` (declared types win). None when
+/// shutdown came while the registry was unreachable.
+///
+/// Errors: a subject the registry does not have, a column whose type is
+/// still unknown (a union of several types), as [`RegistryError::Setup`]
+/// with what to do.
+fn derive_from_registry(
+    pipeline: &Pipeline,
+    registry: &SchemaRegistry,
+    shutdown: &AtomicBool,
+    metrics: &PipelineMetrics,
+) -> Result<Option<AvroSchema>, RegistryError> {
+    let mut declared: std::collections::BTreeMap<String, Vec<(String, crate::codec::ColumnType)>> =
+        pipeline
+            .sources
+            .iter()
+            .map(|(t, s)| (t.clone(), s.columns.clone()))
+            .collect();
+    for topic in &pipeline.output.avro_types_from {
+        let subject = format!("{topic}-value");
+        let Some((_, writer)) = connect(
+            &format!("read the schema of subject {subject}"),
+            shutdown,
+            metrics,
+            || registry.latest(&subject),
+        )
+        .map_err(|e| match e {
+            RegistryError::NotFound { .. } => RegistryError::Setup(format!(
+                "the output schema is derived from the types of `{topic}`, and the registry has no subject {subject}: register the topic's schema first, declare the columns under sources.{topic}.columns, or give output.schema"
+            )),
+            other => other,
+        })?
+        else {
+            return Ok(None);
+        };
+        let columns = declared.entry(topic.clone()).or_default();
+        for (name, ty) in column_types(&writer) {
+            if !columns.iter().any(|(n, _)| *n == name) {
+                columns.push((name, ty));
+            }
+        }
+    }
+    let types = crate::sql::output_types(&pipeline.plan, &declared)
+        .map_err(|e| RegistryError::Setup(e.message))?;
+    let mut fields = Vec::new();
+    for (o, ty) in pipeline.plan.outputs.iter().zip(types) {
+        match ty {
+            Some(dt) => fields.push((o.name.clone(), avro_type_of(&dt))),
+            None => {
+                return Err(RegistryError::Setup(format!(
+                    "the type of output column `{}` is not known from the registry's schemas (a union of several types?): declare it under sources.<topic>.columns, CAST it, or give output.schema",
+                    o.name
+                )))
+            }
+        }
+    }
+    let schema = derived_record(&record_name_of(&pipeline.name), &fields).map_err(|e| {
+        RegistryError::BadSchema {
+            what: "the derived output schema".into(),
+            reason: e.to_string(),
+        }
+    })?;
+    tracing::info!(pipeline = %pipeline.name, schema = %schema.text(), "Output schema derived from the SELECT and the sources' registry schemas.");
+    Ok(Some(schema))
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::{
     default_max_ahead_ms, Emission, EmissionKind, Output, OutputFormat, Pipeline, RawPipeline,
-    SourceSpec,
+    SourceFormat, SourceSpec,
 };
 use crate::codec::{AvroSchema, ColumnType};
 use crate::config::{ConfigError, Diagnostic, Diagnostics, Locations, Position};
@@ -23,6 +23,8 @@ pub(super) struct Validator<'a> {
     /// The TTL of event streams when the file sets none (the global
     /// config's `state.ttl`, else [`default_ttl_ms`]).
     pub(super) default_ttl_ms: i64,
+    /// Sources without `format` are Avro (`kafka.useAvro`).
+    pub(super) use_avro: bool,
 }
 
 fn is_topic_name(name: &str) -> bool {
@@ -133,8 +135,9 @@ impl Validator<'_> {
             if let Err(e) = crate::sql::bind(p, &declared) {
                 self.sql_problem(e);
             } else if output.format == OutputFormat::Avro {
-                output.avro_schema =
-                    self.avro_output(&raw, p, &declared, output.avro_schema.take());
+                let inline = output.avro_schema.take();
+                (output.avro_schema, output.avro_types_from) =
+                    self.avro_output(&raw, p, &declared, &sources, inline);
             }
         }
         let (Some(plan), true) = (plan, self.problems.is_empty()) else {
@@ -262,6 +265,7 @@ impl Validator<'_> {
                 .clone()
                 .unwrap_or_else(|| format!("{}.dlq", raw.name)),
             avro_schema,
+            avro_types_from: Vec::new(),
         }
     }
 
@@ -374,18 +378,21 @@ impl Validator<'_> {
         raw: &RawPipeline,
         plan: &QueryPlan,
         declared: &BTreeMap<String, Vec<(String, ColumnType)>>,
+        specs: &BTreeMap<String, SourceSpec>,
         inline: Option<String>,
-    ) -> Option<String> {
+    ) -> (Option<String>, Vec<String>) {
         let types = match crate::sql::output_types(plan, declared) {
             Ok(t) => t,
             Err(e) => {
                 self.sql_problem(e);
-                return None;
+                return (None, Vec::new());
             }
         };
         let records = plan.outputs.iter().any(|o| o.record);
         if let Some(text) = inline {
-            let schema = AvroSchema::parse(&text).ok()?;
+            let Ok(schema) = AvroSchema::parse(&text) else {
+                return (None, Vec::new());
+            };
             if let apache_avro::schema::Schema::Record(r) = schema.schema() {
                 for (i, f) in r.fields.iter().enumerate() {
                     let Some(at) = plan.outputs.iter().position(|o| o.name == f.name) else {
@@ -418,7 +425,7 @@ impl Validator<'_> {
                     }
                 }
             }
-            return Some(text);
+            return (Some(text), Vec::new());
         }
         if records {
             self.at_value(
@@ -426,8 +433,14 @@ impl Validator<'_> {
                 "output.format avro needs output.schema when the SELECT has `alias.*` over a source without declared columns (its fields are known only per record)".to_string(),
                 "give output.schema, or declare the source's columns under sources.<topic>.columns",
             );
-            return None;
+            return (None, Vec::new());
         }
+        let use_avro = self.use_avro;
+        let avro_source = |topic: &str| match specs.get(topic).and_then(|s| s.format) {
+            Some(f) => f == SourceFormat::Avro,
+            None => use_avro,
+        };
+        let mut from_registry: Vec<String> = Vec::new();
         let mut fields = Vec::new();
         for (o, ty) in plan.outputs.iter().zip(&types) {
             if !crate::codec::avro::is_avro_name(&o.name) {
@@ -441,7 +454,7 @@ impl Validator<'_> {
             match ty {
                 Some(dt) => fields.push((o.name.clone(), crate::codec::avro::avro_type_of(dt))),
                 None => {
-                    let undeclared: Vec<String> = crate::sql::columns_of(plan, &o.expr)
+                    let refs: Vec<_> = crate::sql::columns_of(plan, &o.expr)
                         .into_iter()
                         .filter(|r| {
                             let s = &plan.sources[r.source];
@@ -449,6 +462,24 @@ impl Validator<'_> {
                                 cols.iter().any(|(n, _)| *n == s.columns[r.column])
                             })
                         })
+                        .collect();
+                    // An Avro source's types are its writer schema's: read
+                    // from the registry at start.
+                    if refs
+                        .iter()
+                        .all(|r| avro_source(&plan.sources[r.source].topic))
+                    {
+                        for r in &refs {
+                            let topic = &plan.sources[r.source].topic;
+                            if !from_registry.contains(topic) {
+                                from_registry.push(topic.clone());
+                            }
+                        }
+                        fields.push((o.name.clone(), serde_json::Value::Null));
+                        continue;
+                    }
+                    let undeclared: Vec<String> = refs
+                        .into_iter()
                         .map(|r| {
                             let s = &plan.sources[r.source];
                             format!("sources.{}.columns.{}", s.topic, s.columns[r.column])
@@ -461,28 +492,24 @@ impl Validator<'_> {
                             o.name
                         ),
                         format!(
-                            "declare {}, CAST the column, or give output.schema",
+                            "declare {}, CAST the column, give output.schema, or read the source as Avro (its types then come from the schema registry)",
                             undeclared.join(" and ")
                         ),
                     );
                 }
             }
         }
-        let name: String = raw
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let name = if name.starts_with(|c: char| c.is_ascii_digit()) {
-            format!("_{name}")
-        } else {
-            name
-        };
-        match crate::codec::avro::derived_record(&name, &fields) {
-            Ok(s) => Some(s.text()),
+        if !from_registry.is_empty() {
+            return (None, from_registry);
+        }
+        match crate::codec::avro::derived_record(
+            &crate::codec::avro::record_name_of(&raw.name),
+            &fields,
+        ) {
+            Ok(s) => (Some(s.text()), Vec::new()),
             Err(e) => {
                 self.at_value("output.format", e.to_string(), "give output.schema");
-                None
+                (None, Vec::new())
             }
         }
     }
