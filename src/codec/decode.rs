@@ -196,19 +196,22 @@ impl TopicSchema {
         value: &[u8],
     ) -> Result<Event, DecodeError> {
         let mut values = vec![Value::Null; self.columns.len()];
-        let mut de = serde_json::Deserializer::from_slice(value);
-        match de::Deserializer::deserialize_any(
-            &mut de,
-            ObjectVisitor {
-                readers: &self.readers,
-                values: &mut values,
-            },
-        ) {
-            Ok(true) => {}
-            Ok(false) => return Err(DecodeError::NotObject),
-            Err(e) => return Err(DecodeError::NotJson(e.to_string())),
+        // Valid UTF-8 (checked once for the whole value) is read as text, so
+        // serde_json does not check each string and raw field again; other
+        // bytes are read as before (a string that is not UTF-8 in a field
+        // the query reads is refused there).
+        match std::str::from_utf8(value) {
+            Ok(text) => read_object(
+                serde_json::Deserializer::from_str(text),
+                &self.readers,
+                &mut values,
+            )?,
+            Err(_) => read_object(
+                serde_json::Deserializer::from_slice(value),
+                &self.readers,
+                &mut values,
+            )?,
         }
-        de.end().map_err(|e| DecodeError::NotJson(e.to_string()))?;
         if let Some(r) = self.record {
             let text = std::str::from_utf8(value)
                 .map_err(|e| DecodeError::NotJson(e.to_string()))?
@@ -301,6 +304,20 @@ impl TopicSchema {
         }
         Ok(())
     }
+}
+
+/// Reads the top-level object of `de` into `values` through `readers`.
+fn read_object<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    readers: &[FieldReader],
+    values: &mut [Value],
+) -> Result<(), DecodeError> {
+    match de::Deserializer::deserialize_any(&mut de, ObjectVisitor { readers, values }) {
+        Ok(true) => {}
+        Ok(false) => return Err(DecodeError::NotObject),
+        Err(e) => return Err(DecodeError::NotJson(e.to_string())),
+    }
+    de.end().map_err(|e| DecodeError::NotJson(e.to_string()))
 }
 
 fn timestamp_of(column: &str, value: &Value) -> Result<i64, DecodeError> {
@@ -498,6 +515,23 @@ mod tests {
             None,
             &["id".to_string()],
         )
+    }
+
+    /// Bytes that are not UTF-8 are read as before the whole-value check:
+    /// in a field the query skips they do not matter, in one it reads they
+    /// make the record a dead letter.
+    #[test]
+    fn bytes_that_are_not_utf8_are_read_as_before() {
+        let mut s = schema();
+        let skipped = b"{\"id\":\"a\",\"other\":\"\xff\",\"amount\":2}";
+        let e = s.decode(0, 0, 0, 0, None, skipped).unwrap();
+        assert_eq!(e.values[0], Value::Str("a".into()));
+        assert_eq!(e.values[1], Value::Int(2));
+        let read = b"{\"id\":\"\xff\"}";
+        assert!(matches!(
+            s.decode(0, 0, 0, 0, None, read),
+            Err(DecodeError::NotJson(_))
+        ));
     }
 
     /// Paths into nested objects and arrays are columns of their own, next
