@@ -8,9 +8,8 @@ use duckdb::arrow::array::{Array, AsArray, StringArray};
 use duckdb::arrow::datatypes::{DataType, FieldRef};
 use duckdb::arrow::error::ArrowError;
 use duckdb::arrow::json::writer::{
-    Encoder, EncoderFactory, EncoderOptions, LineDelimited, NullableEncoder,
+    make_encoder, Encoder, EncoderFactory, EncoderOptions, NullableEncoder,
 };
-use duckdb::arrow::json::WriterBuilder;
 use duckdb::arrow::record_batch::RecordBatch;
 use duckdb::arrow::util::display::array_value_to_string;
 
@@ -20,20 +19,46 @@ use super::Value;
 /// newline; returns the end offset (in `buf`) of each row: the first row is
 /// `buf[start..ends[0]]`, row `i` is `buf[ends[i-1]+1..ends[i]]`.
 pub fn encode_json_rows(batch: &RecordBatch, buf: &mut Vec<u8>) -> Result<Vec<usize>, ArrowError> {
-    let start = buf.len();
-    let mut writer = WriterBuilder::new()
+    // arrow-json's writer, one row at a time, as its struct encoder writes a
+    // row (explicit nulls, an object per row, a newline after it), with each
+    // column's `"name":` escaped once per batch instead of once per row.
+    let options = EncoderOptions::default()
         .with_explicit_nulls(true)
-        .with_encoder_factory(Arc::new(JsonText))
-        .build::<_, LineDelimited>(&mut *buf);
-    writer.write(batch)?;
-    writer.finish()?;
-    drop(writer);
-    // Each row ends with '\n' (JSON escapes newlines inside strings).
+        .with_encoder_factory(Arc::new(JsonText));
+    let schema = batch.schema();
+    let mut encoders = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| make_encoder(field, column.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<Vec<u8>> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let mut name = Vec::with_capacity(f.name().len() + 3);
+            write_json_string(f.name(), &mut name);
+            name.push(b':');
+            name
+        })
+        .collect();
     let mut ends = Vec::with_capacity(batch.num_rows());
-    for (i, b) in buf[start..].iter().enumerate() {
-        if *b == b'\n' {
-            ends.push(start + i);
+    for row in 0..batch.num_rows() {
+        buf.push(b'{');
+        for (i, (encoder, name)) in encoders.iter_mut().zip(&names).enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(name);
+            if encoder.is_null(row) {
+                buf.extend_from_slice(b"null");
+            } else {
+                encoder.encode(row, buf);
+            }
         }
+        buf.push(b'}');
+        ends.push(buf.len());
+        buf.push(b'\n');
     }
     Ok(ends)
 }
