@@ -377,20 +377,9 @@ fn a_registry_outage_holds_records_until_it_answers() {
         now + 1,
     );
     p.flush();
-    let outages = |k: &Kaflowsql| -> f64 {
-        k.get("/metrics")
-            .map(|(_, body)| {
-                body.lines()
-                    .filter(|l| {
-                        l.starts_with("kaflowsql_errors_total{")
-                            && l.contains(r#"kind="schema_registry""#)
-                    })
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0.0)
-    };
-    k.wait_until(Duration::from_secs(30), |k| outages(k) >= 1.0);
+    k.wait_until(Duration::from_secs(30), |k| {
+        k.metric_with("kaflowsql_errors_total", r#"kind="schema_registry""#) >= 1.0
+    });
     assert_eq!(
         read_topic(&out, 2, Duration::from_millis(500), Duration::from_secs(2)).len(),
         1

@@ -881,45 +881,14 @@ fn peer(run: &str, s: &Scenario, data: &scenarios::Data, t: &mut Throughput) -> 
     let pq = Topics {
         prefix: format!("{run}peer_"),
     };
-    pq.create(s, &["enriched"]);
-    preload(&pq, data);
     let state = tempfile::tempdir().unwrap();
-    let child = Command::new(&python)
-        .arg(root().join("benches/support/quix_peer.py"))
+    let mut cmd = Command::new(&python);
+    cmd.arg(root().join("benches/support/quix_peer.py"))
         .args([BROKERS, &pq.prefix, &format!("{}group", pq.prefix)])
-        .arg(state.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let arr = arrivals(
-        &pq.name("enriched"),
-        1,
-        None,
-        data.expected,
-        Duration::from_secs(300),
-    );
-    let cpu = group_cpu_seconds(child.id());
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let mut child = child;
-    let _ = child.wait();
-    // A run that lost rows is a failed run, not a slow one: no figure.
-    let got = arr.len() as u64;
+        .arg(state.path());
+    let (got, r, cpu) = run_peer(cmd, &pq, s, data, Duration::from_secs(300));
     t.peer_outputs = Some(t.peer_outputs.map_or(got, |n| n.min(got)));
-    let r = rate(&arr) * t.events as f64 / data.expected.max(1) as f64;
-    println!(
-        "  peer (Quix Streams): {got} of {} outputs, {r:.0} input events/s{}",
-        data.expected,
-        if got == data.expected {
-            ""
-        } else {
-            "  FAILED: outputs missing"
-        }
-    );
+    report_peer("peer (Quix Streams)", got, r, cpu, data);
     (got == data.expected).then_some((r, cpu))
 }
 
@@ -940,47 +909,70 @@ fn flink_peer(
     let fq = Topics {
         prefix: format!("{run}flink_"),
     };
-    fq.create(s, &["enriched"]);
-    preload(&fq, data);
     let parallelism = std::env::var("E2E_FLINK_PARALLELISM").unwrap_or_else(|_| "1".into());
-    let mut child = Command::new(&python)
-        .arg(root().join("benches/support/flink_peer.py"))
-        .args([
-            BROKERS,
-            &fq.prefix,
-            &format!("{}group", fq.prefix),
-            &parallelism,
-        ])
+    let mut cmd = Command::new(&python);
+    cmd.arg(root().join("benches/support/flink_peer.py")).args([
+        BROKERS,
+        &fq.prefix,
+        &format!("{}group", fq.prefix),
+        &parallelism,
+    ]);
+    let (got, r, cpu) = run_peer(cmd, &fq, s, data, Duration::from_secs(600));
+    t.flink_outputs = Some(t.flink_outputs.map_or(got, |n| n.min(got)));
+    report_peer(
+        &format!("Flink SQL (parallelism {parallelism})"),
+        got,
+        r,
+        cpu,
+        data,
+    );
+    (got == data.expected).then_some((r, cpu))
+}
+
+/// Runs a peer (`cmd`, in a process group of its own) on the scenario's data
+/// preloaded under `topics`, until its `enriched` topic holds every expected
+/// output or `timeout`; then kills the whole group (an interpreter and the
+/// JVM or workers it started). Returns the outputs counted, input events
+/// per second and the group's CPU seconds.
+fn run_peer(
+    mut cmd: Command,
+    topics: &Topics,
+    s: &Scenario,
+    data: &scenarios::Data,
+    timeout: Duration,
+) -> (u64, f64, f64) {
+    topics.create(s, &["enriched"]);
+    preload(topics, data);
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
         .unwrap();
-    let arr = arrivals(
-        &fq.name("enriched"),
-        1,
-        None,
-        data.expected,
-        Duration::from_secs(600),
-    );
+    let arr = arrivals(&topics.name("enriched"), 1, None, data.expected, timeout);
     let cpu = group_cpu_seconds(child.id());
-    // The whole group: Python and the JVM it started (`--` before a
-    // negative pid, which util-linux's kill needs).
+    // `--` before a negative pid, which util-linux's kill needs.
     let _ = Command::new("kill")
         .args(["-KILL", "--"])
         .arg(format!("-{}", child.id()))
         .status();
     let _ = child.wait();
-    let got = arr.len() as u64;
-    t.flink_outputs = Some(t.flink_outputs.map_or(got, |n| n.min(got)));
-    let r = rate(&arr) * t.events as f64 / data.expected.max(1) as f64;
+    let events = data.streams.len() as f64;
+    let r = rate(&arr) * events / data.expected.max(1) as f64;
+    (arr.len() as u64, r, cpu)
+}
+
+/// One peer's line; a run that lost rows is a failed run, not a slow one.
+fn report_peer(label: &str, got: u64, r: f64, cpu: f64, data: &scenarios::Data) {
     println!(
-        "  Flink SQL (parallelism {parallelism}): {got} of {} outputs, {r:.0} input events/s, {:.1} CPU s{}",
+        "  {label}: {got} of {} outputs, {r:.0} input events/s, {cpu:.1} CPU s{}",
         data.expected,
-        cpu,
-        if got == data.expected { "" } else { "  FAILED: outputs missing" }
+        if got == data.expected {
+            ""
+        } else {
+            "  FAILED: outputs missing"
+        }
     );
-    (got == data.expected).then_some((r, cpu))
 }
 
 /// Paced runs of a single-stream scenario: `phases` of (events/s, seconds),

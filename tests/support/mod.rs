@@ -602,11 +602,18 @@ impl Kaflowsql {
 
     /// The value of a metric of the scrape (summed over label sets).
     pub fn metric(&self, name: &str) -> f64 {
+        self.metric_with(name, "")
+    }
+
+    /// The sum of metric `name` over the series whose labels contain
+    /// `labels` (`kind="schema_registry"`).
+    pub fn metric_with(&self, name: &str, labels: &str) -> f64 {
         let Some((_, body)) = self.get("/metrics") else {
             return f64::NAN;
         };
         body.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| l.contains(labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
