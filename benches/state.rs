@@ -23,7 +23,7 @@ use std::time::Instant;
 use kaflowsql::codec::{canonical_key, hash_key, Event, Value};
 use kaflowsql::config::{ByteSize, Pipeline, RocksDbConfig, StateConfig};
 use kaflowsql::engine::{Engine, Outputs, SourceRecord};
-use kaflowsql::state::StreamTable;
+use kaflowsql::state::{KeyColumns, StreamTable};
 use kaflowsql::store::StateDb;
 
 /// mimalloc, as in the binary, with a count of live heap bytes.
@@ -139,7 +139,7 @@ fn entry_bytes() -> (f64, f64, f64) {
             // The shared event exists before state takes a reference to it.
             events.push(Arc::new(e));
         }
-        let mut table = StreamTable::new(Some(3_600_000));
+        let mut table = StreamTable::new(Some(3_600_000), KeyColumns::new(&[0]));
         let before = LIVE.load(Ordering::Relaxed);
         for (e, k) in events.into_iter().zip(&keys) {
             table.insert(hash_key(k), k, e);
@@ -159,7 +159,7 @@ fn entry_bytes() -> (f64, f64, f64) {
     );
     println!(
         "entry_bytes: {one:.1} bytes of overhead per entry with one record per key, {four:.1} with four \
-         (bucket, key copy, hash slot, expiry entry, Arc header), beyond the {payload:.1}-byte decoded event"
+         (bucket and hash slot, expiry entry, Arc header), beyond the {payload:.1}-byte decoded event"
     );
     (one, four, payload)
 }

@@ -13,6 +13,6 @@ mod value;
 pub use avro::{AvroError, AvroSchema};
 pub use decode::{DecodeError, TopicSchema};
 pub use encode::{encode_decoded_json, encode_json_rows, key_bytes, splice_records};
-pub use key::{canonical_key, hash_key};
+pub use key::{canonical_key, hash_key, write_canonical_key};
 pub use path::{free_name, FieldPath, Step};
 pub use value::{ColumnType, Event, Value};

@@ -6,16 +6,18 @@
 //! Each shard counts its entries, bytes and evictions.
 
 mod dimension;
+mod index;
 mod stream;
 
 pub use dimension::{primary_of, DimensionTable, Location};
+pub use index::KeyColumns;
 pub use stream::{Origin, StreamTable};
 
 use std::cell::Cell;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
-use smallvec::SmallVec;
+use thin_vec::{thin_vec, ThinVec};
 
 use crate::codec::Event;
 
@@ -64,20 +66,193 @@ impl ShardStats {
     }
 }
 
-/// Memory a held event costs beyond [`Event::size_bytes`]: its slot in a
-/// bucket, the `Arc` header and its share of the bucket and hash table
-/// (measured by `cargo bench --bench state`; see docs/performance.md).
-pub const ENTRY_OVERHEAD: u64 = 64;
+/// Memory a held event costs beyond [`Event::size_bytes`]: its share of the
+/// shard's hash table (a 16-byte bucket and a control byte per slot, at
+/// hashbrown's load), its expiry entry, the `Arc` header (measured by `cargo
+/// bench --bench state`: 77-81 B with one record per key, 64 B with four;
+/// see docs/performance.md).
+pub const ENTRY_OVERHEAD: u64 = 80;
 
-/// The events of one key in one shard.
+/// The records of one join key in one shard, in 16 bytes: the key is read
+/// from the records themselves ([`KeyColumns`]), not stored, and the CLOCK
+/// bit ("looked up or changed since the eviction hand last passed") sits
+/// beside the variant's tag. A shard's hash table holds these inline, so at
+/// its usual load of one half to seven eighths they cost 18-36 bytes a key.
 #[derive(Debug)]
-struct Bucket {
-    hash: u64,
+enum Bucket {
+    /// One record: most keys of a stream hold one at a time.
+    One(Cell<bool>, Arc<Event>),
+    /// Two or more records, in arrival order.
+    Many(Cell<bool>, ThinVec<Arc<Event>>),
+    /// Records under a key stated apart from them: an empty bucket (a table
+    /// that spilled keeps them: "nothing on disk either"), or records whose
+    /// own columns do not give the key they were filed under.
+    Keyed(Cell<bool>, Box<Keyed>),
+}
+
+/// The records of a [`Bucket::Keyed`], and their key.
+#[derive(Debug)]
+struct Keyed {
     key: Box<[u8]>,
-    /// Most keys of a stream hold one record at a time: it lives inline.
-    events: SmallVec<[Arc<Event>; 1]>,
-    /// Looked up or changed since the eviction hand last passed (CLOCK).
-    referenced: Cell<bool>,
+    events: Vec<Arc<Event>>,
+}
+
+const _: () = assert!(std::mem::size_of::<Bucket>() == 16);
+
+impl Bucket {
+    /// A bucket holding nothing under `key`.
+    fn empty(key: &[u8]) -> Self {
+        Bucket::Keyed(
+            Cell::new(true),
+            Box::new(Keyed {
+                key: key.into(),
+                events: Vec::new(),
+            }),
+        )
+    }
+
+    fn referenced(&self) -> &Cell<bool> {
+        match self {
+            Bucket::One(r, _) | Bucket::Many(r, _) | Bucket::Keyed(r, _) => r,
+        }
+    }
+
+    /// The records, in arrival order.
+    fn events(&self) -> &[Arc<Event>] {
+        match self {
+            Bucket::One(_, e) => std::slice::from_ref(e),
+            Bucket::Many(_, v) => v,
+            Bucket::Keyed(_, k) => &k.events,
+        }
+    }
+
+    /// Whether this is the bucket of `key`.
+    fn is(&self, key: &[u8], index: &KeyColumns) -> bool {
+        match self {
+            Bucket::One(_, e) => index.matches(e, key),
+            Bucket::Many(_, v) => v.first().is_some_and(|e| index.matches(e, key)),
+            Bucket::Keyed(_, k) => *k.key == *key,
+        }
+    }
+
+    /// The hash of its key ([`crate::codec::hash_key`]).
+    fn hash(&self, index: &KeyColumns) -> u64 {
+        match self {
+            Bucket::One(_, e) => index.hash(e),
+            Bucket::Many(_, v) => v.first().map_or(0, |e| index.hash(e)),
+            Bucket::Keyed(_, k) => crate::codec::hash_key(&k.key),
+        }
+    }
+
+    /// Writes its key into `buf` (cleared first).
+    fn key_into(&self, index: &KeyColumns, buf: &mut Vec<u8>) {
+        match self {
+            Bucket::One(_, e) => index.write(e, buf),
+            Bucket::Many(_, v) => match v.first() {
+                Some(e) => index.write(e, buf),
+                None => buf.clear(),
+            },
+            Bucket::Keyed(_, k) => {
+                buf.clear();
+                buf.extend_from_slice(&k.key);
+            }
+        }
+    }
+
+    /// Appends `event`, filed under `key` (this bucket's key).
+    fn push(&mut self, key: &[u8], event: Arc<Event>, index: &KeyColumns) {
+        let own = index.matches(&event, key);
+        let referenced = Cell::new(true);
+        match self {
+            Bucket::Many(_, v) if own => v.push(event),
+            Bucket::Keyed(_, k) if !k.events.is_empty() || !own => k.events.push(event),
+            Bucket::Keyed(..) => *self = Bucket::One(referenced, event),
+            Bucket::One(_, first) if own => {
+                *self = Bucket::Many(referenced, thin_vec![first.clone(), event])
+            }
+            Bucket::One(..) | Bucket::Many(..) => {
+                let mut events = self.events().to_vec();
+                events.push(event);
+                *self = Bucket::Keyed(
+                    referenced,
+                    Box::new(Keyed {
+                        key: key.into(),
+                        events,
+                    }),
+                );
+            }
+        }
+        self.referenced().set(true);
+    }
+
+    /// Keeps the records `keep` says, in order (it sees each once). Returns
+    /// true when none is left and the bucket is to be removed (its records
+    /// still in it, to go with it); with `keep_empty` an emptied bucket
+    /// becomes an empty one of the same key instead.
+    fn retain(
+        &mut self,
+        index: &KeyColumns,
+        keep_empty: bool,
+        mut keep: impl FnMut(&Arc<Event>) -> bool,
+    ) -> bool {
+        // The key, in case every record goes and the bucket stays.
+        let mut key = Vec::new();
+        if keep_empty {
+            self.key_into(index, &mut key);
+        }
+        let left = match self {
+            Bucket::One(_, e) => usize::from(keep(e)),
+            Bucket::Many(r, v) => {
+                v.retain(|e| keep(e));
+                if let (1, Some(only)) = (v.len(), v.last()) {
+                    let only = only.clone();
+                    *self = Bucket::One(Cell::new(r.get()), only);
+                    1
+                } else {
+                    v.len()
+                }
+            }
+            Bucket::Keyed(_, k) => {
+                k.events.retain(|e| keep(e));
+                k.events.len()
+            }
+        };
+        if left > 0 {
+            return false;
+        }
+        if keep_empty {
+            *self = Bucket::empty(&key);
+        }
+        !keep_empty
+    }
+}
+
+impl Bucket {
+    /// Removes the record that is `event` (the same allocation), the last
+    /// record taking its place (the order of `Vec::swap_remove`). Returns it,
+    /// and whether the bucket is to be removed (as [`Bucket::retain`]).
+    fn remove_record(
+        &mut self,
+        event: &Arc<Event>,
+        index: &KeyColumns,
+        keep_empty: bool,
+    ) -> (Option<Arc<Event>>, bool) {
+        let at = |events: &[Arc<Event>]| events.iter().position(|e| Arc::ptr_eq(e, event));
+        let removed = match self {
+            Bucket::One(_, e) if Arc::ptr_eq(e, event) => {
+                let e = e.clone();
+                return (Some(e), self.retain(index, keep_empty, |_| false));
+            }
+            Bucket::One(..) => None,
+            Bucket::Many(_, v) => at(v).map(|pos| v.swap_remove(pos)),
+            Bucket::Keyed(_, k) => at(&k.events).map(|pos| k.events.swap_remove(pos)),
+        };
+        let Some(removed) = removed else {
+            return (None, false);
+        };
+        // Settles the rest: one record left is a `One`, none an empty bucket.
+        (Some(removed), self.retain(index, keep_empty, |_| true))
+    }
 }
 
 /// One shard: buckets by key, and counters.
@@ -104,11 +279,13 @@ impl Spill {
     fn evict(
         &mut self,
         shards: &mut [Shard],
+        index: &KeyColumns,
         resident_bytes: u64,
         target: u64,
         mut on_evict: impl FnMut(&[u8], &[Arc<Event>]),
     ) -> u64 {
         let mut freed = 0u64;
+        let mut key = Vec::new();
         // Two passes: the first may only clear reference bits.
         for _ in 0..2 * shards.len() {
             if resident_bytes.saturating_sub(freed) <= target {
@@ -119,11 +296,12 @@ impl Spill {
             self.hand = (self.hand + 1) % count;
             let stats = &mut shard.stats;
             shard.buckets.retain(|b| {
-                if b.referenced.replace(false) {
+                if b.referenced().replace(false) {
                     return true;
                 }
-                on_evict(&b.key, &b.events);
-                for e in &b.events {
+                b.key_into(index, &mut key);
+                on_evict(&key, b.events());
+                for e in b.events() {
                     freed += e.size_bytes() as u64 + ENTRY_OVERHEAD;
                     stats.remove(e);
                 }
@@ -136,62 +314,44 @@ impl Spill {
 }
 
 impl Shard {
-    fn bucket(&self, hash: u64, key: &[u8]) -> Option<&Bucket> {
-        let b = self
-            .buckets
-            .find(hash, |b| b.hash == hash && *b.key == *key);
+    fn bucket(&self, hash: u64, key: &[u8], index: &KeyColumns) -> Option<&Bucket> {
+        let b = self.buckets.find(hash, |b| b.is(key, index));
         if let Some(b) = b {
-            b.referenced.set(true);
+            b.referenced().set(true);
         }
         b
     }
 
-    fn bucket_mut(&mut self, hash: u64, key: &[u8]) -> &mut Bucket {
-        match self
-            .buckets
-            .find_entry(hash, |b| b.hash == hash && *b.key == *key)
-        {
-            Ok(entry) => {
-                let b = entry.into_mut();
-                b.referenced.set(true);
-                b
+    /// Appends `event` to the bucket of `key`, made if absent.
+    fn push(&mut self, hash: u64, key: &[u8], event: Arc<Event>, index: &KeyColumns) {
+        match self.buckets.find_entry(hash, |b| b.is(key, index)) {
+            Ok(entry) => entry.into_mut().push(key, event, index),
+            Err(absent) => {
+                let bucket = if index.matches(&event, key) {
+                    Bucket::One(Cell::new(true), event)
+                } else {
+                    let mut b = Bucket::empty(key);
+                    b.push(key, event, index);
+                    b
+                };
+                absent
+                    .into_table()
+                    .insert_unique(hash, bucket, |b| b.hash(index));
             }
-            Err(absent) => absent
+        }
+    }
+
+    /// Makes sure `key` has a bucket (an empty one if absent).
+    fn touch(&mut self, hash: u64, key: &[u8], index: &KeyColumns) {
+        if let Err(absent) = self.buckets.find_entry(hash, |b| b.is(key, index)) {
+            absent
                 .into_table()
-                .insert_unique(
-                    hash,
-                    Bucket {
-                        hash,
-                        key: key.into(),
-                        events: SmallVec::new(),
-                        referenced: Cell::new(true),
-                    },
-                    |b| b.hash,
-                )
-                .into_mut(),
+                .insert_unique(hash, Bucket::empty(key), |b| b.hash(index));
         }
     }
 
-    /// Drops the bucket of `key` if it holds nothing, unless `keep`: a table
-    /// that spilled keeps empty buckets, which say "nothing on disk either".
-    fn remove_if_empty(&mut self, hash: u64, key: &[u8], keep: bool) {
-        if keep {
-            return;
-        }
-        if let Ok(entry) = self
-            .buckets
-            .find_entry(hash, |b| b.hash == hash && *b.key == *key)
-        {
-            if entry.get().events.is_empty() {
-                entry.remove();
-            }
-        }
-    }
-
-    fn resident(&self, hash: u64, key: &[u8]) -> bool {
-        self.buckets
-            .find(hash, |b| b.hash == hash && *b.key == *key)
-            .is_some()
+    fn resident(&self, hash: u64, key: &[u8], index: &KeyColumns) -> bool {
+        self.buckets.find(hash, |b| b.is(key, index)).is_some()
     }
 }
 
@@ -216,6 +376,90 @@ mod tests {
         assert_eq!(shard_of(0), 0);
         assert_eq!(shard_of(257), 1);
         assert_eq!(shard_of(u64::MAX), 255);
+    }
+
+    fn event(offset: i64, key: &str) -> Arc<Event> {
+        Arc::new(Event {
+            topic: 0,
+            partition: 0,
+            offset,
+            timestamp: offset,
+            key: None,
+            values: vec![crate::codec::Value::Str(key.into())].into_boxed_slice(),
+        })
+    }
+
+    fn offsets(b: &Bucket) -> Vec<i64> {
+        b.events().iter().map(|e| e.offset).collect()
+    }
+
+    #[test]
+    fn a_bucket_is_one_record_inline_then_a_list_then_one_again() {
+        let index = KeyColumns::new(&[0]);
+        let mut shard = Shard::default();
+        let h = crate::codec::hash_key(b"a");
+        shard.push(h, b"a", event(1, "a"), &index);
+        let b = shard.bucket(h, b"a", &index).map(offsets);
+        assert_eq!(b, Some(vec![1]));
+        shard.push(h, b"a", event(2, "a"), &index);
+        shard.push(h, b"a", event(3, "a"), &index);
+        let Ok(mut entry) = shard.buckets.find_entry(h, |b| b.is(b"a", &index)) else {
+            panic!("no bucket for a")
+        };
+        assert!(matches!(entry.get(), Bucket::Many(..)));
+        assert_eq!(offsets(entry.get()), [1, 2, 3]);
+        assert!(!entry.get_mut().retain(&index, false, |e| e.offset == 2));
+        assert!(
+            matches!(entry.get(), Bucket::One(..)),
+            "one left: inline again"
+        );
+        assert_eq!(offsets(entry.get()), [2]);
+        assert!(
+            entry.get_mut().retain(&index, false, |_| false),
+            "emptied: to be removed"
+        );
+        assert!(!entry.get_mut().retain(&index, true, |_| false));
+        let Bucket::Keyed(_, k) = entry.get() else {
+            panic!("kept empty: the key stated")
+        };
+        assert_eq!((&*k.key, k.events.len()), (&b"a"[..], 0));
+        assert!(entry.get().is(b"a", &index));
+        assert_eq!(entry.get().hash(&index), h);
+    }
+
+    #[test]
+    fn a_record_filed_under_a_key_it_does_not_carry_is_still_found() {
+        let index = KeyColumns::new(&[0]);
+        let mut shard = Shard::default();
+        let h = crate::codec::hash_key(b"k");
+        shard.push(h, b"k", event(1, "other"), &index);
+        shard.push(h, b"k", event(2, "k"), &index);
+        let found = shard.bucket(h, b"k", &index).map(offsets);
+        assert_eq!(found, Some(vec![1, 2]));
+        assert!(shard
+            .bucket(crate::codec::hash_key(b"other"), b"other", &index)
+            .is_none());
+    }
+
+    #[test]
+    fn removing_a_record_keeps_swap_remove_order() {
+        let index = KeyColumns::new(&[0]);
+        let mut shard = Shard::default();
+        let h = crate::codec::hash_key(b"a");
+        let first = event(1, "a");
+        shard.push(h, b"a", first.clone(), &index);
+        shard.push(h, b"a", event(2, "a"), &index);
+        shard.push(h, b"a", event(3, "a"), &index);
+        let Ok(mut entry) = shard.buckets.find_entry(h, |b| b.is(b"a", &index)) else {
+            panic!("no bucket for a")
+        };
+        let (removed, remove) = entry.get_mut().remove_record(&first, &index, false);
+        assert_eq!((removed.map(|e| e.offset), remove), (Some(1), false));
+        assert_eq!(
+            offsets(entry.get()),
+            [3, 2],
+            "the last took the removed one's place"
+        );
     }
 
     #[test]

@@ -16,20 +16,30 @@ const PART_SEPARATOR: u8 = 0x1f;
 /// Returns false when a part is NULL: a NULL key matches nothing.
 pub fn canonical_key<'a>(values: impl IntoIterator<Item = &'a Value>, buf: &mut Vec<u8>) -> bool {
     buf.clear();
+    write_canonical_key(values, buf)
+}
+
+/// Writes the canonical bytes of `values` to `out`, in pieces: the same
+/// bytes as [`canonical_key`], for a writer that compares or hashes them as
+/// they come instead of keeping them. Returns false at the first NULL part.
+/// Errors of `out` are ignored: the writers this is meant for never fail.
+pub fn write_canonical_key<'a>(
+    values: impl IntoIterator<Item = &'a Value>,
+    out: &mut impl Write,
+) -> bool {
     for (i, value) in values.into_iter().enumerate() {
         if i > 0 {
-            buf.push(PART_SEPARATOR);
+            let _ = out.write_all(&[PART_SEPARATOR]);
         }
-        // Writing into a Vec cannot fail.
         let _ = match value {
             Value::Null => return false,
-            Value::Bool(b) => write!(buf, "{b}"),
-            Value::Int(n) => write!(buf, "{n}"),
+            Value::Bool(b) => write!(out, "{b}"),
+            Value::Int(n) => write!(out, "{n}"),
             Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 => {
-                write!(buf, "{}", *f as i64)
+                write!(out, "{}", *f as i64)
             }
-            Value::Float(f) => write!(buf, "{f}"),
-            Value::Str(s) | Value::Json(s) => buf.write_all(s.as_bytes()),
+            Value::Float(f) => write!(out, "{f}"),
+            Value::Str(s) | Value::Json(s) => out.write_all(s.as_bytes()),
         };
     }
     true

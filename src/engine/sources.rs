@@ -280,7 +280,10 @@ mod tests {
             role: Role::Stream,
             columns: vec![0],
             index: vec![0],
-            table: Table::Stream(StreamTable::new(Some(1_000))),
+            table: Table::Stream(StreamTable::new(
+                Some(1_000),
+                crate::state::KeyColumns::new(&[0]),
+            )),
         }
     }
 

@@ -17,7 +17,7 @@ use super::TopicId;
 use crate::codec::{Event, TopicSchema};
 use crate::config::{Emission, Pipeline};
 use crate::sql::{JoinKind, Role};
-use crate::state::{DimensionTable, StreamTable};
+use crate::state::{DimensionTable, KeyColumns, StreamTable};
 
 /// One topic: how its records decode, which sources read them, and how long
 /// they stay joinable.
@@ -146,8 +146,10 @@ pub(super) fn resolve(pipeline: &Pipeline) -> (Topics, Vec<SourceState>) {
         let ttl = pipeline.ttl_of(&src.topic);
         let table = match (s, src.role) {
             (0, _) if !stores_driving => Table::Unstored,
-            (_, Role::Dimension) => Table::Dimension(DimensionTable::new(ttl)),
-            (_, Role::Stream) => Table::Stream(StreamTable::new(ttl)),
+            (_, Role::Dimension) => {
+                Table::Dimension(DimensionTable::new(ttl, KeyColumns::new(&index)))
+            }
+            (_, Role::Stream) => Table::Stream(StreamTable::new(ttl, KeyColumns::new(&index))),
         };
         sources.push(SourceState {
             topic: t as TopicId,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{is_live, new_shards, shard_of, Shard, ShardStats, Spill};
+use super::{is_live, new_shards, shard_of, KeyColumns, Shard, ShardStats, Spill};
 use crate::codec::Event;
 
 /// Where the current record of a primary key sits.
@@ -20,6 +20,8 @@ struct Located {
 #[derive(Debug)]
 pub struct DimensionTable {
     shards: Vec<Shard>,
+    /// The columns of the join key records are indexed under.
+    index: KeyColumns,
     primary: HashMap<Box<[u8]>, Located>,
     ttl_ms: Option<i64>,
     spill: Spill,
@@ -34,10 +36,12 @@ pub fn primary_of<'a>(event: &'a Event, index_key: &'a [u8]) -> &'a [u8] {
 }
 
 impl DimensionTable {
-    /// An empty table; `ttl_ms` is None unless an override makes it expire.
-    pub fn new(ttl_ms: Option<i64>) -> Self {
+    /// An empty table indexed by the key of its `index` columns; `ttl_ms`
+    /// is None unless an override makes it expire.
+    pub fn new(ttl_ms: Option<i64>, index: KeyColumns) -> Self {
         Self {
             shards: new_shards(),
+            index,
             primary: HashMap::new(),
             ttl_ms,
             spill: Spill::default(),
@@ -72,10 +76,7 @@ impl DimensionTable {
         let old = self.delete(primary);
         let shard = &mut self.shards[shard_of(index_hash)];
         shard.stats.add(&event);
-        shard
-            .bucket_mut(index_hash, index_key)
-            .events
-            .push(event.clone());
+        shard.push(index_hash, index_key, event.clone(), &self.index);
         self.primary.insert(
             primary.into(),
             Located {
@@ -92,19 +93,20 @@ impl DimensionTable {
         let old = self.primary.remove(primary)?;
         let keep_empty = self.spill.spilled;
         let shard = &mut self.shards[shard_of(old.index_hash)];
-        if let Some(bucket) = shard.buckets.find_mut(old.index_hash, |b| {
-            b.hash == old.index_hash && *b.key == *old.index_key
-        }) {
-            if let Some(pos) = bucket
-                .events
-                .iter()
-                .position(|e| Arc::ptr_eq(e, &old.event))
-            {
-                let removed = bucket.events.swap_remove(pos);
-                shard.stats.remove(&removed);
+        let stats = &mut shard.stats;
+        let index = &self.index;
+        if let Ok(mut entry) = shard
+            .buckets
+            .find_entry(old.index_hash, |b| b.is(&old.index_key, index))
+        {
+            let (removed, remove) = entry.get_mut().remove_record(&old.event, index, keep_empty);
+            if let Some(removed) = removed {
+                stats.remove(&removed);
+            }
+            if remove {
+                entry.remove();
             }
         }
-        shard.remove_if_empty(old.index_hash, &old.index_key, keep_empty);
         Some((old.index_hash, old.index_key))
     }
 
@@ -116,12 +118,12 @@ impl DimensionTable {
     /// Whether memory knows every record of join key `key` (always, unless
     /// the table spilled and the key left memory).
     pub fn resident(&self, hash: u64, key: &[u8]) -> bool {
-        !self.spill.spilled || self.shards[shard_of(hash)].resident(hash, key)
+        !self.spill.spilled || self.shards[shard_of(hash)].resident(hash, key, &self.index)
     }
 
     /// Whether `key` has a bucket in memory (possibly empty).
     pub fn has(&self, hash: u64, key: &[u8]) -> bool {
-        self.shards[shard_of(hash)].resident(hash, key)
+        self.shards[shard_of(hash)].resident(hash, key, &self.index)
     }
 
     /// Whether some records are on disk only.
@@ -148,7 +150,12 @@ impl DimensionTable {
                 },
             );
         }
-        shard.bucket_mut(hash, key).events.extend(events);
+        if events.is_empty() {
+            shard.touch(hash, key, &self.index);
+        }
+        for e in events {
+            shard.push(hash, key, e, &self.index);
+        }
     }
 
     /// Moves cold join keys out of memory until it holds at most `target`
@@ -156,19 +163,24 @@ impl DimensionTable {
     pub fn evict(&mut self, target: u64) -> u64 {
         let resident = self.stats().memory();
         let primary = &mut self.primary;
-        self.spill
-            .evict(&mut self.shards, resident, target, |key, events| {
+        self.spill.evict(
+            &mut self.shards,
+            &self.index,
+            resident,
+            target,
+            |key, events| {
                 for e in events {
                     primary.remove(primary_of(e, key));
                 }
-            })
+            },
+        )
     }
 
     /// Every record under `key`, live or not (callers filter with [`super::is_live`]).
     pub fn events(&self, hash: u64, key: &[u8]) -> &[Arc<Event>] {
         self.shards[shard_of(hash)]
-            .bucket(hash, key)
-            .map_or(&[], |b| b.events.as_slice())
+            .bucket(hash, key, &self.index)
+            .map_or(&[], |b| b.events())
     }
 
     /// Live records whose join key is `key`.
@@ -180,9 +192,9 @@ impl DimensionTable {
     ) -> impl Iterator<Item = &'a Arc<Event>> + 'a {
         let ttl = self.ttl_ms;
         self.shards[shard_of(hash)]
-            .bucket(hash, key)
+            .bucket(hash, key, &self.index)
             .into_iter()
-            .flat_map(|b| b.events.iter())
+            .flat_map(|b| b.events().iter())
             .filter(move |e| is_live(e.timestamp, ttl, watermark))
     }
 
@@ -238,7 +250,7 @@ mod tests {
 
     #[test]
     fn keeps_the_latest_value_per_key_and_deletes_on_tombstone() {
-        let mut t = DimensionTable::new(None);
+        let mut t = DimensionTable::new(None, KeyColumns::new(&[0]));
         let h = hash_key(b"u1");
         t.upsert(b"u1", h, b"u1", event(1, "free"));
         t.upsert(b"u1", h, b"u1", event(2, "pro"));
@@ -256,7 +268,7 @@ mod tests {
 
     #[test]
     fn a_primary_key_can_move_to_another_join_key() {
-        let mut t = DimensionTable::new(None);
+        let mut t = DimensionTable::new(None, KeyColumns::new(&[0]));
         let (ha, hb) = (hash_key(b"DE"), hash_key(b"FR"));
         t.upsert(b"user1", ha, b"DE", event(1, "x"));
         t.upsert(b"user2", ha, b"DE", event(1, "y"));
@@ -268,7 +280,7 @@ mod tests {
 
     #[test]
     fn dimensions_expire_only_with_an_override() {
-        let mut t = DimensionTable::new(Some(10));
+        let mut t = DimensionTable::new(Some(10), KeyColumns::new(&[0]));
         let h = hash_key(b"k");
         t.upsert(b"k", h, b"k", event(0, "v"));
         assert_eq!(t.expire(5), 0);

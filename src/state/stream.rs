@@ -4,7 +4,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use super::{is_live, new_shards, shard_of, Shard, ShardStats, Spill};
+use super::{is_live, new_shards, shard_of, KeyColumns, Shard, ShardStats, Spill};
 use crate::codec::Event;
 
 /// Where a record came from: topic index, partition, offset.
@@ -14,6 +14,8 @@ pub type Origin = (u16, i32, i64);
 #[derive(Debug)]
 pub struct StreamTable {
     shards: Vec<Shard>,
+    /// The columns of the join key records are filed under.
+    index: KeyColumns,
     ttl_ms: Option<i64>,
     /// (expiry time, key hash, origin), earliest first: one entry per record
     /// held, in memory or spilled, so each expiry is counted (and its offset
@@ -23,10 +25,12 @@ pub struct StreamTable {
 }
 
 impl StreamTable {
-    /// An empty table whose records live `ttl_ms` (None: forever).
-    pub fn new(ttl_ms: Option<i64>) -> Self {
+    /// An empty table whose records live `ttl_ms` (None: forever), filed
+    /// under the key of their `index` columns.
+    pub fn new(ttl_ms: Option<i64>, index: KeyColumns) -> Self {
         Self {
             shards: new_shards(),
+            index,
             ttl_ms,
             expiry: BinaryHeap::new(),
             spill: Spill::default(),
@@ -48,7 +52,7 @@ impl StreamTable {
         self.track(hash, &event);
         let shard = &mut self.shards[shard_of(hash)];
         shard.stats.add(&event);
-        shard.bucket_mut(hash, key).events.push(event);
+        shard.push(hash, key, event, &self.index);
     }
 
     /// Schedules the expiry of a record that is held on disk only.
@@ -65,12 +69,12 @@ impl StreamTable {
     /// Whether memory knows every live record of `key` (always, unless the
     /// table spilled and the key left memory).
     pub fn resident(&self, hash: u64, key: &[u8]) -> bool {
-        !self.spill.spilled || self.shards[shard_of(hash)].resident(hash, key)
+        !self.spill.spilled || self.shards[shard_of(hash)].resident(hash, key, &self.index)
     }
 
     /// Whether `key` has a bucket in memory (possibly empty).
     pub fn has(&self, hash: u64, key: &[u8]) -> bool {
-        self.shards[shard_of(hash)].resident(hash, key)
+        self.shards[shard_of(hash)].resident(hash, key, &self.index)
     }
 
     /// Whether some records are on disk only.
@@ -82,10 +86,13 @@ impl StreamTable {
     /// expiry is already tracked).
     pub fn load(&mut self, hash: u64, key: &[u8], events: Vec<Arc<Event>>) {
         let shard = &mut self.shards[shard_of(hash)];
-        for e in &events {
-            shard.stats.add(e);
+        if events.is_empty() {
+            shard.touch(hash, key, &self.index);
         }
-        shard.bucket_mut(hash, key).events.extend(events);
+        for e in events {
+            shard.stats.add(&e);
+            shard.push(hash, key, e, &self.index);
+        }
     }
 
     /// Marks the table as holding records on disk only (a restore that did
@@ -99,14 +106,14 @@ impl StreamTable {
     pub fn evict(&mut self, target: u64) -> u64 {
         let resident = self.stats().memory();
         self.spill
-            .evict(&mut self.shards, resident, target, |_, _| {})
+            .evict(&mut self.shards, &self.index, resident, target, |_, _| {})
     }
 
     /// Every record under `key`, live or not (callers filter with [`super::is_live`]).
     pub fn events(&self, hash: u64, key: &[u8]) -> &[Arc<Event>] {
         self.shards[shard_of(hash)]
-            .bucket(hash, key)
-            .map_or(&[], |b| b.events.as_slice())
+            .bucket(hash, key, &self.index)
+            .map_or(&[], |b| b.events())
     }
 
     /// Live records under `key`, in arrival order.
@@ -118,9 +125,9 @@ impl StreamTable {
     ) -> impl Iterator<Item = &'a Arc<Event>> + 'a {
         let ttl = self.ttl_ms;
         self.shards[shard_of(hash)]
-            .bucket(hash, key)
+            .bucket(hash, key, &self.index)
             .into_iter()
-            .flat_map(|b| b.events.iter())
+            .flat_map(|b| b.events().iter())
             .filter(move |e| is_live(e.timestamp, ttl, watermark))
     }
 
@@ -139,22 +146,20 @@ impl StreamTable {
             on_evict(origin);
             let shard = &mut self.shards[shard_of(hash)];
             shard.stats.evictions += 1;
-            let mut emptied = None;
             let stats = &mut shard.stats;
-            if let Some(bucket) = shard.buckets.find_mut(hash, |b| b.hash == hash) {
-                bucket.events.retain(|e| {
+            // The expiry entry names the key by its hash alone.
+            let index = &self.index;
+            if let Ok(mut entry) = shard.buckets.find_entry(hash, |b| b.hash(index) == hash) {
+                let remove = entry.get_mut().retain(index, keep_empty, |e| {
                     let live = is_live(e.timestamp, ttl, watermark);
                     if !live {
                         stats.remove(e);
                     }
                     live
                 });
-                if bucket.events.is_empty() {
-                    emptied = Some(bucket.key.clone());
+                if remove {
+                    entry.remove();
                 }
-            }
-            if let Some(key) = emptied {
-                shard.remove_if_empty(hash, &key, keep_empty);
             }
         }
         evicted
@@ -166,18 +171,18 @@ impl StreamTable {
         let mut dropped = 0;
         let keep_empty = self.spill.spilled;
         let origin = |e: &Event| (e.topic, e.partition, e.offset);
+        let index = &self.index;
         for shard in &mut self.shards {
             let stats = &mut shard.stats;
             shard.buckets.retain(|b| {
-                b.events.retain(|e| {
+                !b.retain(index, keep_empty, |e| {
                     let drop = gone(origin(e));
                     if drop {
                         stats.remove(e);
                         dropped += 1;
                     }
                     !drop
-                });
-                keep_empty || !b.events.is_empty()
+                })
             });
         }
         let expiry = std::mem::take(&mut self.expiry);
@@ -227,7 +232,7 @@ mod tests {
 
     #[test]
     fn keeps_all_records_per_key_in_order_and_shares_them() {
-        let mut t = StreamTable::new(Some(100));
+        let mut t = StreamTable::new(Some(100), KeyColumns::new(&[0]));
         let (h, k) = key("a");
         let first = event(10, "a");
         t.insert(h, &k, first.clone());
@@ -244,7 +249,7 @@ mod tests {
 
     #[test]
     fn records_of_a_dropped_partition_leave_memory_and_expiry() {
-        let mut t = StreamTable::new(Some(100));
+        let mut t = StreamTable::new(Some(100), KeyColumns::new(&[0]));
         let (h, k) = key("a");
         let other = Event {
             topic: 0,
@@ -269,7 +274,7 @@ mod tests {
 
     #[test]
     fn expires_by_event_time_and_counts_evictions() {
-        let mut t = StreamTable::new(Some(100));
+        let mut t = StreamTable::new(Some(100), KeyColumns::new(&[0]));
         let (h, k) = key("a");
         t.insert(h, &k, event(10, "a"));
         t.insert(h, &k, event(50, "a"));
