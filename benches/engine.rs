@@ -36,12 +36,24 @@ struct Rec {
     ts: i64,
 }
 
+/// The simple enrichment: a SELECT list of plain columns, a projection that
+/// needs no DuckDB call (`crate::sql::plain_projection`).
 fn simple_pipeline() -> Pipeline {
-    Pipeline::parse(
-        Path::new("bench.yaml"),
+    simple_pipeline_selecting("e.user_id, e.event_type, e.amount, p.plan, p.country")
+}
+
+/// The same with an expression in the SELECT list, evaluated by DuckDB.
+fn simple_sql_pipeline() -> Pipeline {
+    simple_pipeline_selecting(
+        "e.user_id, e.event_type, e.amount, p.plan, p.country,\n         CASE WHEN e.amount > 50 THEN 'high' ELSE 'low' END AS band",
+    )
+}
+
+fn simple_pipeline_selecting(select: &str) -> Pipeline {
+    let text = format!(
         "name: bench_simple
 query: |
-  SELECT e.user_id, e.event_type, e.amount, p.plan, p.country
+  SELECT {select}
   FROM user_events e
   LEFT JOIN user_profiles p ON e.user_id = p.user_id
 output:
@@ -51,9 +63,9 @@ state:
   events:
     default_ttl: 5m
   dimensions: [user_profiles]
-",
-    )
-    .unwrap()
+"
+    );
+    Pipeline::parse(Path::new("bench.yaml"), &text).unwrap()
 }
 
 fn three_way_pipeline() -> Pipeline {
@@ -218,6 +230,16 @@ fn benches(c: &mut Criterion) {
         )
     });
 
+    // An expression in the SELECT list: every batch through DuckDB.
+    let simple_sql = simple_sql_pipeline();
+    group.bench_function("simple_enrichment_sql_expression", |b| {
+        b.iter_batched_ref(
+            || (loaded_engine(&simple_sql, &dims), Outputs::default()),
+            |(engine, out)| feed(engine, &events, out, None),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+
     // The same with metrics recorded as `kaflowsql run` records them (sampled
     // lookup timing, counters and histograms after every batch).
     // Histogram samples are folded into buckets between iterations, as the
@@ -300,16 +322,21 @@ criterion_group!(engine_benches, benches);
 
 /// One pass without criterion, for instruction counting under callgrind:
 /// `KAFLOWSQL_BENCH_ONCE=setup|plain|metrics` (the difference of the counts
-/// is the cost of the feed, and of recording metrics on top of it).
+/// is the cost of the feed, and of recording metrics on top of it), and
+/// `setup-sql|sql` for the pipeline with an expression evaluated by DuckDB.
 fn once(mode: &str) {
     let (dims, events) = simple_records();
-    let simple = simple_pipeline();
+    let simple = if mode.ends_with("sql") {
+        simple_sql_pipeline()
+    } else {
+        simple_pipeline()
+    };
     let registry = Registry::new();
     let metrics = registry.pipeline("bench");
     let mut engine = loaded_engine(&simple, &dims);
     let mut out = Outputs::default();
     match mode {
-        "plain" => feed(&mut engine, &events, &mut out, None),
+        "plain" | "sql" => feed(&mut engine, &events, &mut out, None),
         "metrics" => {
             let mut engine = engine.with_lookup_timing(metrics.lookup_histogram());
             feed(&mut engine, &events, &mut out, Some(&metrics));

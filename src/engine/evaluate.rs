@@ -3,6 +3,12 @@
 //! position), and DuckDB evaluates the SELECT list and the filter over it with
 //! one prepared statement per batch shape.
 //!
+//! A query whose SELECT list is plain columns, without WHERE or ON
+//! conditions beyond the keys ([`crate::sql::plain_projection`]), is a
+//! projection: its output columns are built straight from the events, as
+//! the batch columns DuckDB would have passed through unchanged, and DuckDB
+//! is not called.
+//!
 //! A batch that DuckDB fails on because of one row's values (a cast, a JSON
 //! function, any run-time error of the `Conversion`, `Invalid Input` or `Out
 //! of Range` kind) is split in halves until the failing rows are found: they
@@ -30,7 +36,7 @@ use super::join::Group;
 use super::EngineError;
 use crate::codec::{ColumnType, Event, Value};
 use crate::eval::{EvalError, Evaluator};
-use crate::sql::{batch_column_name, ColumnRef, DuckSql, QueryPlan, ROW_COLUMN};
+use crate::sql::{batch_column_name, plain_projection, ColumnRef, DuckSql, QueryPlan, ROW_COLUMN};
 
 /// One column of the batch: the query column it carries, where its value
 /// sits in its source's events, and its type (None: never seen with a value,
@@ -200,6 +206,9 @@ fn reason(error: &EvalError) -> String {
 pub(super) struct Evaluation {
     evaluator: Evaluator,
     statements: HashMap<Vec<Option<ColumnType>>, DuckSql>,
+    /// The query's [`plain_projection`], found at the first batch (None
+    /// until then; `Some(None)`: the query needs DuckDB).
+    projection: Option<Option<Vec<ColumnRef>>>,
     /// Nanoseconds spent in DuckDB so far.
     pub(super) sql_nanos: u64,
 }
@@ -210,6 +219,7 @@ impl Evaluation {
         Ok(Self {
             evaluator: Evaluator::new()?,
             statements: HashMap::new(),
+            projection: None,
             sql_nanos: 0,
         })
     }
@@ -225,6 +235,14 @@ impl Evaluation {
     ) -> Result<Option<Evaluated>, EngineError> {
         if count == 0 {
             return Ok(None);
+        }
+        let projection = self
+            .projection
+            .get_or_insert_with(|| plain_projection(plan));
+        if let Some(refs) = projection {
+            if let Some(evaluated) = project(plan, refs, columns, rows, count)? {
+                return Ok(Some(evaluated));
+            }
         }
         let input = build_input(plan, columns, rows, count)?;
         let signature: Vec<Option<ColumnType>> = columns.iter().map(|c| c.ty).collect();
@@ -375,6 +393,46 @@ pub(crate) fn is_condition(column: &dyn Array) -> bool {
         DataType::Int32 => column.null_count() == column.len(),
         _ => false,
     }
+}
+
+/// The output of a query that is a projection of `refs`: each output column
+/// built from the events as [`build_input`] builds its batch column, named
+/// as the output. None when one of them has no type in this batch (never
+/// seen with a value): DuckDB then decides the type of its NULLs.
+fn project(
+    plan: &QueryPlan,
+    refs: &[ColumnRef],
+    columns: &[BatchColumn],
+    rows: &[Option<Arc<Event>>],
+    count: usize,
+) -> Result<Option<Evaluated>, ArrowError> {
+    let stride = plan.sources.len();
+    let mut fields = Vec::with_capacity(refs.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(refs.len());
+    for (output, r) in plan.outputs.iter().zip(refs) {
+        let Some((c, ty)) = columns
+            .iter()
+            .find(|c| c.column == *r)
+            .and_then(|c| Some((c, c.ty?)))
+        else {
+            return Ok(None);
+        };
+        let values = (0..count).map(|i| {
+            rows[i * stride + r.source]
+                .as_ref()
+                .map(|e| &e.values[c.topic_column])
+        });
+        let (dt, array) = build_array(ty, values, count);
+        fields.push(crate::eval::field(&output.name, dt, ty == ColumnType::Json));
+        arrays.push(array);
+    }
+    Ok(Some(Evaluated {
+        values: RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?,
+        keep: None,
+        on: Vec::new(),
+        position: (0..count as u32).collect(),
+        failed: Vec::new(),
+    }))
 }
 
 /// The Arrow batch DuckDB scans: one column per typed query column, then the
@@ -537,6 +595,90 @@ mod tests {
             ..column
         };
         assert_eq!(classes(&[declared], &groups, &rows, 1).types.len(), 1);
+    }
+
+    /// A plain projection skips DuckDB, with the bytes DuckDB's path gives:
+    /// every column type, NULLs, a LEFT join's missing side, text that needs
+    /// escaping, JSON written raw, an alias.
+    #[test]
+    fn a_projection_without_duckdb_writes_the_same_bytes() {
+        let plan = plan_query(
+            "SELECT o.a, o.b AS bee, o.c, o.d, o.e, m.x FROM orders o LEFT JOIN meta m ON o.k = m.k",
+            &[],
+        )
+        .unwrap();
+        let refs = plain_projection(&plan).unwrap();
+        let types = |name: &str| match name {
+            "a" => ColumnType::Boolean,
+            "b" => ColumnType::BigInt,
+            "c" => ColumnType::Double,
+            "e" => ColumnType::Json,
+            _ => ColumnType::Varchar,
+        };
+        let mut columns = Vec::new();
+        for (source, src) in plan.sources.iter().enumerate() {
+            for (column, name) in src.columns.iter().enumerate() {
+                columns.push(BatchColumn {
+                    column: ColumnRef { source, column },
+                    topic_column: column,
+                    ty: Some(types(name)),
+                    inferred: false,
+                });
+            }
+        }
+        let value = |source: usize, name: &str, i: usize| match (name, i % 3) {
+            (_, 2) if source == 0 && name != "k" => Value::Null,
+            ("a", _) => Value::Bool(i % 2 == 0),
+            ("b", _) => Value::Int(i as i64 - 2),
+            ("c", 0) => Value::Int(7),
+            ("c", _) => Value::Float(-0.1 * i as f64),
+            ("d", _) => Value::Str(format!("q\"u\u{1}é\n{i}").into()),
+            ("e", _) => Value::Json(format!("{{\"z\":[{i},null]}}").into()),
+            ("k", _) => Value::Str(format!("k{i}").into()),
+            _ => Value::Str(format!("x{i}").into()),
+        };
+        let mut rows = Vec::new();
+        for i in 0..7 {
+            for (source, src) in plan.sources.iter().enumerate() {
+                let values = src.columns.iter().map(|n| value(source, n, i)).collect();
+                rows.push((source == 0 || i % 2 == 0).then(|| event(i as i64, values)));
+            }
+        }
+        let mut json = Vec::new();
+        for duckdb in [false, true] {
+            let mut stage = Evaluation::new().unwrap();
+            if duckdb {
+                stage.projection = Some(None);
+            }
+            let ev = stage.run(&plan, &columns, &rows, 7).unwrap().unwrap();
+            assert_eq!(ev.position, (0..7).collect::<Vec<u32>>());
+            assert!(ev.failed.is_empty() && ev.keep.is_none());
+            let mut buf = Vec::new();
+            crate::codec::encode_json_rows(&ev.values, &mut buf).unwrap();
+            json.push(String::from_utf8(buf).unwrap());
+            assert_eq!(stage.sql_nanos > 0, duckdb, "DuckDB called only when asked");
+        }
+        assert_eq!(json[0], json[1]);
+        assert_eq!(refs.len(), 6);
+        assert!(
+            json[0]
+                .contains(r#""bee":-2,"c":7.0,"d":"q\"u\u0001é\n0","e":{"z":[0,null]},"x":"x0""#),
+            "{}",
+            json[0]
+        );
+    }
+
+    #[test]
+    fn a_query_with_a_filter_or_an_expression_is_no_projection() {
+        for sql in [
+            "SELECT o.a FROM orders o WHERE o.b > 1",
+            "SELECT o.a + 1 AS a FROM orders o",
+            "SELECT o.a, m.x FROM orders o LEFT JOIN meta m ON o.k = m.k AND m.y = 1",
+            "SELECT o.a, m.x FROM orders o JOIN meta m ON o.k = m.k AND m.y = 1",
+        ] {
+            let plan = plan_query(sql, &[]).unwrap();
+            assert!(plain_projection(&plan).is_none(), "{sql}");
+        }
     }
 
     fn run(sql: &str, ty: ColumnType, values: &[Value]) -> Evaluated {

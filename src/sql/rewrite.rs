@@ -85,6 +85,21 @@ impl DuckSql {
     }
 }
 
+/// The columns a query's SELECT list reads as they are, in order, when
+/// evaluating it is a projection: every item a column (under any name), no
+/// WHERE and no ON condition beyond the join keys (an INNER join's go to
+/// the WHERE). None otherwise. A column passes through DuckDB unchanged
+/// (same Arrow type, same values), so such a query needs no DuckDB call.
+pub fn plain_projection(plan: &QueryPlan) -> Option<Vec<ColumnRef>> {
+    if plan.filter.is_some() || plan.joins.iter().any(|j| j.on.is_some()) {
+        return None;
+    }
+    plan.outputs
+        .iter()
+        .map(|o| resolve(plan, &o.expr))
+        .collect()
+}
+
 /// Resolves a column expression to its batch column, as the planner did.
 fn resolve(plan: &QueryPlan, expr: &Expr) -> Option<ColumnRef> {
     let (source, name) = match expr {
