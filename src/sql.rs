@@ -13,8 +13,8 @@ pub(crate) use bind::sql_type_name;
 pub use bind::{bind, output_types};
 pub use plan::{plan_query, plan_query_with, Declared};
 pub use rewrite::{
-    batch_column_name, columns_of, on_column, plain_projection, referenced_columns, DuckSql,
-    KEEP_COLUMN, ROW_COLUMN,
+    batch_column_name, columns_of, direct_column, on_column, plain_projection, referenced_columns,
+    DuckSql, KEEP_COLUMN, ROW_COLUMN,
 };
 
 use std::fmt;

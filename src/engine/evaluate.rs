@@ -3,11 +3,12 @@
 //! position), and DuckDB evaluates the SELECT list and the filter over it with
 //! one prepared statement per batch shape.
 //!
-//! A query whose SELECT list is plain columns, without WHERE or ON
-//! conditions beyond the keys ([`crate::sql::plain_projection`]), is a
-//! projection: its output columns are built straight from the events, as
-//! the batch columns DuckDB would have passed through unchanged, and DuckDB
-//! is not called.
+//! DuckDB evaluates only what needs it: an output that is a column
+//! ([`crate::sql::direct_column`]) is built straight from the events, as the
+//! batch column DuckDB would have passed through unchanged, and the batch
+//! holds only the columns the statement reads. A query whose outputs are all
+//! such columns, without WHERE or ON conditions beyond the keys, calls no
+//! DuckDB at all.
 //!
 //! A batch that DuckDB fails on because of one row's values (a cast, a JSON
 //! function, any run-time error of the `Conversion`, `Invalid Input` or `Out
@@ -36,7 +37,7 @@ use super::join::Group;
 use super::EngineError;
 use crate::codec::{ColumnType, Event, Value};
 use crate::eval::{EvalError, Evaluator};
-use crate::sql::{batch_column_name, plain_projection, ColumnRef, DuckSql, QueryPlan, ROW_COLUMN};
+use crate::sql::{batch_column_name, direct_column, ColumnRef, DuckSql, QueryPlan, ROW_COLUMN};
 
 /// One column of the batch: the query column it carries, where its value
 /// sits in its source's events, and its type (None: never seen with a value,
@@ -206,9 +207,9 @@ fn reason(error: &EvalError) -> String {
 pub(super) struct Evaluation {
     evaluator: Evaluator,
     statements: HashMap<Vec<Option<ColumnType>>, DuckSql>,
-    /// The query's [`plain_projection`], found at the first batch (None
-    /// until then; `Some(None)`: the query needs DuckDB).
-    projection: Option<Option<Vec<ColumnRef>>>,
+    /// Test only: every output through DuckDB, none read from the events.
+    #[cfg(test)]
+    all_in_duckdb: bool,
     /// Nanoseconds spent in DuckDB so far.
     pub(super) sql_nanos: u64,
 }
@@ -219,7 +220,8 @@ impl Evaluation {
         Ok(Self {
             evaluator: Evaluator::new()?,
             statements: HashMap::new(),
-            projection: None,
+            #[cfg(test)]
+            all_in_duckdb: false,
             sql_nanos: 0,
         })
     }
@@ -236,32 +238,51 @@ impl Evaluation {
         if count == 0 {
             return Ok(None);
         }
-        let projection = self
-            .projection
-            .get_or_insert_with(|| plain_projection(plan));
-        if let Some(refs) = projection {
-            if let Some(evaluated) = project(plan, refs, columns, rows, count)? {
-                return Ok(Some(evaluated));
-            }
-        }
-        let input = build_input(plan, columns, rows, count)?;
         let signature: Vec<Option<ColumnType>> = columns.iter().map(|c| c.ty).collect();
         let from = self.evaluator.from_clause();
+        #[cfg(test)]
+        let all_in_duckdb = self.all_in_duckdb;
+        #[cfg(not(test))]
+        let all_in_duckdb = false;
         let sql = self
             .statements
             .entry(signature.clone())
             .or_insert_with(|| {
                 let present =
                     |r: ColumnRef| columns.iter().any(|c| c.column == r && c.ty.is_some());
-                let mut sql = DuckSql::build(plan, &from, &present);
+                // Outputs that are a typed column are read from the events.
+                let evaluated: Vec<usize> = (0..plan.outputs.len())
+                    .filter(|&i| {
+                        all_in_duckdb || !direct_column(plan, &plan.outputs[i]).is_some_and(present)
+                    })
+                    .collect();
+                let mut sql = DuckSql::build_outputs(plan, &from, &present, &evaluated);
                 sql.text = format!("{} /* shape {} */", sql.text, shape_id(&signature));
                 sql
             })
             .clone();
-        let outputs = plan.outputs.len();
+        let direct = |r: ColumnRef| {
+            columns
+                .iter()
+                .find(|c| c.column == r)
+                .and_then(|c| Some((c.topic_column, c.ty?)))
+        };
+        if sql.outputs.is_empty() && !sql.has_filter && sql.on_joins.is_empty() {
+            // A projection: no DuckDB call, rows in batch order.
+            let order = (0..count as u32).collect::<Vec<u32>>();
+            return Ok(Some(Evaluated {
+                values: outputs_batch(plan, &sql, &direct, None, rows, &order)?,
+                keep: None,
+                on: Vec::new(),
+                position: order,
+                failed: Vec::new(),
+            }));
+        }
+        let input = build_input(plan, columns, &sql.reads, rows, count)?;
+        let evaluated = sql.outputs.len();
         let mut parts = Vec::new();
         let mut failed = Vec::new();
-        self.run_range(&sql, outputs, &input, 0, count, &mut parts, &mut failed)?;
+        self.run_range(&sql, evaluated, &input, 0, count, &mut parts, &mut failed)?;
         failed.sort_by_key(|(r, _)| *r);
         let mut position = vec![u32::MAX; count];
         let Some(first) = parts.first() else {
@@ -292,17 +313,17 @@ impl Evaluation {
             }
         }
         let keep = if sql.has_filter {
-            Some(condition(result.column(outputs))?)
+            Some(condition(result.column(evaluated))?)
         } else {
             None
         };
-        let first_on = outputs + usize::from(sql.has_filter);
+        let first_on = evaluated + usize::from(sql.has_filter);
         let mut on = Vec::new();
         for (i, &j) in sql.on_joins.iter().enumerate() {
             on.push((j, condition(result.column(first_on + i))?));
         }
         Ok(Some(Evaluated {
-            values: result.project(&(0..outputs).collect::<Vec<_>>())?,
+            values: outputs_batch(plan, &sql, &direct, Some(&result), rows, row_col.values())?,
             keep,
             on,
             position,
@@ -395,58 +416,66 @@ pub(crate) fn is_condition(column: &dyn Array) -> bool {
     }
 }
 
-/// The output of a query that is a projection of `refs`: each output column
-/// built from the events as [`build_input`] builds its batch column, named
-/// as the output. None when one of them has no type in this batch (never
-/// seen with a value): DuckDB then decides the type of its NULLs.
-fn project(
+/// The output columns of result rows `order` (their batch rows): those
+/// DuckDB evaluated (`sql.outputs`, the first columns of `result`) as it
+/// gave them, the others read from the events as [`build_input`] builds a
+/// batch column (`direct` gives a column's position in its events and its
+/// type), each named as its output.
+fn outputs_batch(
     plan: &QueryPlan,
-    refs: &[ColumnRef],
-    columns: &[BatchColumn],
+    sql: &DuckSql,
+    direct: &dyn Fn(ColumnRef) -> Option<(usize, ColumnType)>,
+    result: Option<&RecordBatch>,
     rows: &[Option<Arc<Event>>],
-    count: usize,
-) -> Result<Option<Evaluated>, ArrowError> {
+    order: &[u32],
+) -> Result<RecordBatch, ArrowError> {
     let stride = plan.sources.len();
-    let mut fields = Vec::with_capacity(refs.len());
-    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(refs.len());
-    for (output, r) in plan.outputs.iter().zip(refs) {
-        let Some((c, ty)) = columns
-            .iter()
-            .find(|c| c.column == *r)
-            .and_then(|c| Some((c, c.ty?)))
-        else {
-            return Ok(None);
-        };
-        let values = (0..count).map(|i| {
-            rows[i * stride + r.source]
-                .as_ref()
-                .map(|e| &e.values[c.topic_column])
-        });
-        let (dt, array) = build_array(ty, values, count);
-        fields.push(crate::eval::field(&output.name, dt, ty == ColumnType::Json));
-        arrays.push(array);
+    let mut fields = Vec::with_capacity(plan.outputs.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(plan.outputs.len());
+    for (i, output) in plan.outputs.iter().enumerate() {
+        let evaluated = sql.outputs.iter().position(|&o| o == i);
+        let read = direct_column(plan, output).and_then(|r| Some((r, direct(r)?)));
+        match (evaluated, result, read) {
+            (Some(j), Some(result), _) => {
+                fields.push(result.schema().field(j).clone());
+                arrays.push(result.column(j).clone());
+            }
+            (None, _, Some((r, (topic_column, ty)))) => {
+                let values = order.iter().map(|&row| {
+                    rows[row as usize * stride + r.source]
+                        .as_ref()
+                        .map(|e| &e.values[topic_column])
+                });
+                let (dt, array) = build_array(ty, values, order.len());
+                fields.push(crate::eval::field(&output.name, dt, ty == ColumnType::Json));
+                arrays.push(array);
+            }
+            _ => {
+                return Err(ArrowError::SchemaError(format!(
+                    "output column `{}` is neither evaluated nor a typed column; this is a bug",
+                    output.name
+                )))
+            }
+        }
     }
-    Ok(Some(Evaluated {
-        values: RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?,
-        keep: None,
-        on: Vec::new(),
-        position: (0..count as u32).collect(),
-        failed: Vec::new(),
-    }))
+    let options =
+        duckdb::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(order.len()));
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)
 }
 
-/// The Arrow batch DuckDB scans: one column per typed query column, then the
-/// row position.
+/// The Arrow batch DuckDB scans: one column per typed query column its
+/// statement reads (`reads`), then the row position.
 fn build_input(
     plan: &QueryPlan,
     columns: &[BatchColumn],
+    reads: &[ColumnRef],
     rows: &[Option<Arc<Event>>],
     count: usize,
 ) -> Result<RecordBatch, ArrowError> {
     let stride = plan.sources.len();
-    let mut fields = Vec::with_capacity(columns.len() + 1);
-    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len() + 1);
-    for c in columns {
+    let mut fields = Vec::with_capacity(reads.len() + 1);
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(reads.len() + 1);
+    for c in columns.iter().filter(|c| reads.contains(&c.column)) {
         let Some(ty) = c.ty else { continue };
         let values = (0..count).map(|i| {
             rows[i * stride + c.column.source]
@@ -597,17 +626,38 @@ mod tests {
         assert_eq!(classes(&[declared], &groups, &rows, 1).types.len(), 1);
     }
 
-    /// A plain projection skips DuckDB, with the bytes DuckDB's path gives:
+    /// Outputs read from the events give the bytes DuckDB's path gives:
     /// every column type, NULLs, a LEFT join's missing side, text that needs
-    /// escaping, JSON written raw, an alias.
+    /// escaping, JSON written raw, an alias; a plain projection calls no
+    /// DuckDB, a query with an expression or a filter calls it only for
+    /// those (its rows in DuckDB's result order).
     #[test]
-    fn a_projection_without_duckdb_writes_the_same_bytes() {
-        let plan = plan_query(
-            "SELECT o.a, o.b AS bee, o.c, o.d, o.e, m.x FROM orders o LEFT JOIN meta m ON o.k = m.k",
-            &[],
-        )
-        .unwrap();
-        let refs = plain_projection(&plan).unwrap();
+    fn outputs_read_from_the_events_write_the_bytes_duckdb_gives() {
+        let queries = [
+            ("SELECT o.a, o.b AS bee, o.c, o.d, o.e, m.x FROM orders o LEFT JOIN meta m ON o.k = m.k", true),
+            ("SELECT o.d, o.b * 2 AS twice, m.x, o.e FROM orders o LEFT JOIN meta m ON o.k = m.k WHERE o.a", false),
+            ("SELECT o.d, m.x FROM orders o LEFT JOIN meta m ON o.k = m.k AND o.b > 0", false),
+        ];
+        for (sql, projection) in queries {
+            let plan = plan_query(sql, &[]).unwrap();
+            assert_eq!(crate::sql::plain_projection(&plan), projection, "{sql}");
+            let json = evaluate_both_ways(&plan);
+            assert_eq!(json[0], json[1], "{sql}");
+            if projection {
+                assert!(
+                    json[0].contains(
+                        r#""bee":-2,"c":7.0,"d":"q\"u\u0001é\n0","e":{"z":[0,null]},"x":"x0""#
+                    ),
+                    "{}",
+                    json[0]
+                );
+            }
+        }
+    }
+
+    /// The JSON rows of a batch of 7 rows evaluated with outputs read from
+    /// the events, then with every output through DuckDB.
+    fn evaluate_both_ways(plan: &QueryPlan) -> Vec<String> {
         let types = |name: &str| match name {
             "a" => ColumnType::Boolean,
             "b" => ColumnType::BigInt,
@@ -645,27 +695,26 @@ mod tests {
             }
         }
         let mut json = Vec::new();
-        for duckdb in [false, true] {
+        for all_in_duckdb in [false, true] {
             let mut stage = Evaluation::new().unwrap();
-            if duckdb {
-                stage.projection = Some(None);
-            }
-            let ev = stage.run(&plan, &columns, &rows, 7).unwrap().unwrap();
-            assert_eq!(ev.position, (0..7).collect::<Vec<u32>>());
-            assert!(ev.failed.is_empty() && ev.keep.is_none());
+            stage.all_in_duckdb = all_in_duckdb;
+            let ev = stage.run(plan, &columns, &rows, 7).unwrap().unwrap();
+            assert!(ev.failed.is_empty());
             let mut buf = Vec::new();
             crate::codec::encode_json_rows(&ev.values, &mut buf).unwrap();
-            json.push(String::from_utf8(buf).unwrap());
-            assert_eq!(stage.sql_nanos > 0, duckdb, "DuckDB called only when asked");
+            let mut text = String::from_utf8(buf).unwrap();
+            // Which batch row each result row is, and the verdicts.
+            text.push_str(&format!("{:?} {:?} {:?}", ev.position, ev.keep, ev.on));
+            json.push(text);
+            if crate::sql::plain_projection(plan) {
+                assert_eq!(
+                    stage.sql_nanos > 0,
+                    all_in_duckdb,
+                    "DuckDB called only when asked"
+                );
+            }
         }
-        assert_eq!(json[0], json[1]);
-        assert_eq!(refs.len(), 6);
-        assert!(
-            json[0]
-                .contains(r#""bee":-2,"c":7.0,"d":"q\"u\u0001é\n0","e":{"z":[0,null]},"x":"x0""#),
-            "{}",
-            json[0]
-        );
+        json
     }
 
     #[test]
@@ -677,7 +726,7 @@ mod tests {
             "SELECT o.a, m.x FROM orders o JOIN meta m ON o.k = m.k AND m.y = 1",
         ] {
             let plan = plan_query(sql, &[]).unwrap();
-            assert!(plain_projection(&plan).is_none(), "{sql}");
+            assert!(!crate::sql::plain_projection(&plan), "{sql}");
         }
     }
 

@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use sqlparser::ast::{visit_expressions_mut, Expr, Ident, Value};
 
 use super::plan::collect_columns;
-use super::{ColumnRef, QueryPlan};
+use super::{ColumnRef, OutputColumn, QueryPlan};
 
 /// Name of the hidden column that carries a row's position in the batch.
 pub const ROW_COLUMN: &str = "__kf_row";
@@ -37,6 +37,12 @@ pub struct DuckSql {
     /// Joins (indices into `plan.joins`) with ON conditions beyond the key,
     /// in order: each has an [`on_column`] after the filter.
     pub on_joins: Vec<usize>,
+    /// The output columns (indices into `plan.outputs`) the result's first
+    /// columns are, in order; the others are [`direct_column`]s, read from
+    /// the events without DuckDB.
+    pub outputs: Vec<usize>,
+    /// The batch columns the text reads: the only ones the batch needs.
+    pub reads: Vec<ColumnRef>,
 }
 
 /// The batch column name of a source column: `alias.column`, quoted.
@@ -54,14 +60,38 @@ impl DuckSql {
     /// inserted as written). `present(r)` tells whether the batch has a typed
     /// column for `r`; columns never seen with a value are read as NULL.
     pub fn build(plan: &QueryPlan, from: &str, present: &dyn Fn(ColumnRef) -> bool) -> Self {
-        let mut items: Vec<String> = plan
-            .outputs
+        let all: Vec<usize> = (0..plan.outputs.len()).collect();
+        Self::build_outputs(plan, from, present, &all)
+    }
+
+    /// [`DuckSql::build`] for the output columns `outputs` only (the filter
+    /// and ON conditions always).
+    pub fn build_outputs(
+        plan: &QueryPlan,
+        from: &str,
+        present: &dyn Fn(ColumnRef) -> bool,
+        outputs: &[usize],
+    ) -> Self {
+        let mut read = Vec::new();
+        let mut items: Vec<String> = outputs
             .iter()
-            .map(|o| {
+            .map(|&i| {
+                let o = &plan.outputs[i];
+                collect_columns(&o.expr, &mut read);
                 let e = rewrite(plan, &o.expr, present, None);
                 format!("{e} AS {}", quoted(&o.name))
             })
             .collect();
+        if let Some(filter) = &plan.filter {
+            collect_columns(filter, &mut read);
+        }
+        // A column of a LEFT join with ON conditions reads them too.
+        for on in plan.joins.iter().filter_map(|j| j.on.as_ref()) {
+            collect_columns(on, &mut read);
+        }
+        let mut reads: Vec<ColumnRef> = read.iter().filter_map(|e| resolve(plan, e)).collect();
+        reads.sort();
+        reads.dedup();
         if let Some(filter) = &plan.filter {
             // The condition as it is: its type must be BOOLEAN (checked when
             // the query is bound and per batch shape); NULL keeps nothing.
@@ -81,23 +111,35 @@ impl DuckSql {
             text: format!("SELECT {} FROM {from}", items.join(", ")),
             has_filter: plan.filter.is_some(),
             on_joins,
+            outputs: outputs.to_vec(),
+            reads,
         }
     }
 }
 
-/// The columns a query's SELECT list reads as they are, in order, when
-/// evaluating it is a projection: every item a column (under any name), no
-/// WHERE and no ON condition beyond the join keys (an INNER join's go to
-/// the WHERE). None otherwise. A column passes through DuckDB unchanged
-/// (same Arrow type, same values), so such a query needs no DuckDB call.
-pub fn plain_projection(plan: &QueryPlan) -> Option<Vec<ColumnRef>> {
-    if plan.filter.is_some() || plan.joins.iter().any(|j| j.on.is_some()) {
-        return None;
+/// The batch column output `output` is unchanged, when it is one: a column
+/// (under any name) of a source without ON conditions beyond its key (whose
+/// columns read NULL where those fail). A column passes through DuckDB
+/// unchanged (same Arrow type, same values), so such an output is read from
+/// the events without it.
+pub fn direct_column(plan: &QueryPlan, output: &OutputColumn) -> Option<ColumnRef> {
+    let r = resolve(plan, &output.expr)?;
+    match plan.join_of(r.source) {
+        Some(j) if j.on.is_some() => None,
+        _ => Some(r),
     }
-    plan.outputs
-        .iter()
-        .map(|o| resolve(plan, &o.expr))
-        .collect()
+}
+
+/// Whether evaluating the query is a projection: every output a
+/// [`direct_column`], no WHERE and no ON condition beyond the join keys (an
+/// INNER join's go to the WHERE): then no DuckDB call is needed at all.
+pub fn plain_projection(plan: &QueryPlan) -> bool {
+    plan.filter.is_none()
+        && plan.joins.iter().all(|j| j.on.is_none())
+        && plan
+            .outputs
+            .iter()
+            .all(|o| direct_column(plan, o).is_some())
 }
 
 /// Resolves a column expression to its batch column, as the planner did.
