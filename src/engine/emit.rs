@@ -159,7 +159,15 @@ impl Engine {
         if picks.positions.is_empty() {
             return Ok(());
         }
-        let chosen = take_record_batch(&ev.values, &UInt32Array::from(picks.positions))?;
+        // Every result row in order (no row filtered, held or failed, the
+        // usual case): the evaluated batch as it is, not a copy.
+        let every_row = picks.positions.len() == ev.values.num_rows()
+            && picks.positions.iter().enumerate().all(|(i, &p)| p as usize == i);
+        let chosen = if every_row {
+            ev.values.clone()
+        } else {
+            take_record_batch(&ev.values, &UInt32Array::from(picks.positions))?
+        };
         let written = out.write(&chosen, &self.layout, &picks.origins)?;
         self.stats.emitted += written as u64;
         Ok(())
