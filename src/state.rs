@@ -367,6 +367,20 @@ pub fn is_live(timestamp: i64, ttl_ms: Option<i64>, watermark: i64) -> bool {
     }
 }
 
+/// A record of topic 0, partition 0 at `offset` (its event time too) whose
+/// only column is the text `key`: the tests' record of state.
+#[cfg(test)]
+pub(crate) fn test_event(offset: i64, key: &str) -> Arc<Event> {
+    Arc::new(Event {
+        topic: 0,
+        partition: 0,
+        offset,
+        timestamp: offset,
+        key: None,
+        values: vec![crate::codec::Value::Str(key.into())].into_boxed_slice(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,15 +392,15 @@ mod tests {
         assert_eq!(shard_of(u64::MAX), 255);
     }
 
-    fn event(offset: i64, key: &str) -> Arc<Event> {
-        Arc::new(Event {
-            topic: 0,
-            partition: 0,
-            offset,
-            timestamp: offset,
-            key: None,
-            values: vec![crate::codec::Value::Str(key.into())].into_boxed_slice(),
-        })
+    use super::test_event as event;
+
+    /// Files `events` under `key` in `shard`; returns the key's hash.
+    fn push_all(shard: &mut Shard, index: &KeyColumns, key: &str, events: &[Arc<Event>]) -> u64 {
+        let h = crate::codec::hash_key(key.as_bytes());
+        for e in events {
+            shard.push(h, key.as_bytes(), e.clone(), index);
+        }
+        h
     }
 
     fn offsets(b: &Bucket) -> Vec<i64> {
@@ -397,12 +411,10 @@ mod tests {
     fn a_bucket_is_one_record_inline_then_a_list_then_one_again() {
         let index = KeyColumns::new(&[0]);
         let mut shard = Shard::default();
-        let h = crate::codec::hash_key(b"a");
-        shard.push(h, b"a", event(1, "a"), &index);
+        let h = push_all(&mut shard, &index, "a", &[event(1, "a")]);
         let b = shard.bucket(h, b"a", &index).map(offsets);
         assert_eq!(b, Some(vec![1]));
-        shard.push(h, b"a", event(2, "a"), &index);
-        shard.push(h, b"a", event(3, "a"), &index);
+        push_all(&mut shard, &index, "a", &[event(2, "a"), event(3, "a")]);
         let Ok(mut entry) = shard.buckets.find_entry(h, |b| b.is(b"a", &index)) else {
             panic!("no bucket for a")
         };
@@ -445,11 +457,13 @@ mod tests {
     fn removing_a_record_keeps_swap_remove_order() {
         let index = KeyColumns::new(&[0]);
         let mut shard = Shard::default();
-        let h = crate::codec::hash_key(b"a");
         let first = event(1, "a");
-        shard.push(h, b"a", first.clone(), &index);
-        shard.push(h, b"a", event(2, "a"), &index);
-        shard.push(h, b"a", event(3, "a"), &index);
+        let h = push_all(
+            &mut shard,
+            &index,
+            "a",
+            &[first.clone(), event(2, "a"), event(3, "a")],
+        );
         let Ok(mut entry) = shard.buckets.find_entry(h, |b| b.is(b"a", &index)) else {
             panic!("no bucket for a")
         };

@@ -162,7 +162,11 @@ impl Engine {
         // Every result row in order (no row filtered, held or failed, the
         // usual case): the evaluated batch as it is, not a copy.
         let every_row = picks.positions.len() == ev.values.num_rows()
-            && picks.positions.iter().enumerate().all(|(i, &p)| p as usize == i);
+            && picks
+                .positions
+                .iter()
+                .enumerate()
+                .all(|(i, &p)| p as usize == i);
         let chosen = if every_row {
             ev.values.clone()
         } else {

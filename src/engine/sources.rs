@@ -263,16 +263,7 @@ mod tests {
     use super::*;
     use crate::codec::{canonical_key, Value};
 
-    fn event(offset: i64, id: &str) -> Arc<Event> {
-        Arc::new(Event {
-            topic: 0,
-            partition: 0,
-            offset,
-            timestamp: offset,
-            key: None,
-            values: vec![Value::Str(id.into())].into_boxed_slice(),
-        })
-    }
+    use crate::state::test_event as event;
 
     fn stream() -> SourceState {
         SourceState {

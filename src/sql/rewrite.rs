@@ -72,26 +72,15 @@ impl DuckSql {
         present: &dyn Fn(ColumnRef) -> bool,
         outputs: &[usize],
     ) -> Self {
-        let mut read = Vec::new();
+        let reads = columns_read(plan, outputs.iter().map(|&i| &plan.outputs[i]));
         let mut items: Vec<String> = outputs
             .iter()
             .map(|&i| {
                 let o = &plan.outputs[i];
-                collect_columns(&o.expr, &mut read);
                 let e = rewrite(plan, &o.expr, present, None);
                 format!("{e} AS {}", quoted(&o.name))
             })
             .collect();
-        if let Some(filter) = &plan.filter {
-            collect_columns(filter, &mut read);
-        }
-        // A column of a LEFT join with ON conditions reads them too.
-        for on in plan.joins.iter().filter_map(|j| j.on.as_ref()) {
-            collect_columns(on, &mut read);
-        }
-        let mut reads: Vec<ColumnRef> = read.iter().filter_map(|e| resolve(plan, e)).collect();
-        reads.sort();
-        reads.dedup();
         if let Some(filter) = &plan.filter {
             // The condition as it is: its type must be BOOLEAN (checked when
             // the query is bound and per batch shape); NULL keeps nothing.
@@ -206,8 +195,17 @@ pub fn columns_of(plan: &QueryPlan, expr: &Expr) -> Vec<ColumnRef> {
 
 /// Every column reference the plan's expressions make (for tests and explain).
 pub fn referenced_columns(plan: &QueryPlan) -> Vec<ColumnRef> {
+    columns_read(plan, &plan.outputs)
+}
+
+/// The columns `outputs`, the filter and every ON condition read (a column
+/// of a LEFT join with ON conditions reads them too), sorted, once each.
+fn columns_read<'a>(
+    plan: &QueryPlan,
+    outputs: impl IntoIterator<Item = &'a OutputColumn>,
+) -> Vec<ColumnRef> {
     let mut exprs = Vec::new();
-    for o in &plan.outputs {
+    for o in outputs {
         collect_columns(&o.expr, &mut exprs);
     }
     if let Some(f) = &plan.filter {

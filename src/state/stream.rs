@@ -213,16 +213,7 @@ mod tests {
     use super::*;
     use crate::codec::{canonical_key, hash_key, Value};
 
-    fn event(ts: i64, id: &str) -> Arc<Event> {
-        Arc::new(Event {
-            topic: 0,
-            partition: 0,
-            offset: ts,
-            timestamp: ts,
-            key: None,
-            values: vec![Value::Str(id.into())].into_boxed_slice(),
-        })
-    }
+    use crate::state::test_event as event;
 
     fn key(id: &str) -> (u64, Vec<u8>) {
         let mut buf = Vec::new();
