@@ -8,7 +8,7 @@
 //! `E2E_RATE`/`E2E_SECONDS` for the fixed-rate mode, `E2E_BURST_BASE`/
 //! `E2E_BURST_SECONDS` for the burst; `E2E_AVRO=0` skips the Avro-in leg of iot
 //! (the same data as Avro through `deploy/local/schema-registry.py`); `E2E_FLINK=0` skips Flink SQL 2.0
-//! on iot (`benches/support/flink_peer.py`, `.deps/flink-venv` from `deploy/local/deps.sh --flink`;
+//! on every scenario (`benches/support/flink_peer.py`, `.deps/flink-venv` from `deploy/local/deps.sh --flink`;
 //! `E2E_FLINK_PARALLELISM`, 1); `E2E_PEER=0` skips the Quix Streams peer, which
 //! needs quixstreams 3.28.1 in `.deps/venv`, installed by deploy/local/deps.sh). Writes
 //! `<target>/bench/e2e.json` and `e2e.md`; exits non-zero when outputs are
