@@ -323,8 +323,18 @@ criterion_group!(engine_benches, benches);
 /// One pass without criterion, for instruction counting under callgrind:
 /// `KAFLOWSQL_BENCH_ONCE=setup|plain|metrics` (the difference of the counts
 /// is the cost of the feed, and of recording metrics on top of it), and
-/// `setup-sql|sql` for the pipeline with an expression evaluated by DuckDB.
+/// `setup-sql|sql` for the pipeline with an expression evaluated by DuckDB,
+/// `setup-three-way|three-way` for the three-way join.
 fn once(mode: &str) {
+    if mode.ends_with("three-way") {
+        // `setup-three-way|three-way`: the three-way join's records.
+        let (dims, events) = three_way_records();
+        let mut engine = loaded_engine(&three_way_pipeline(), &dims);
+        if mode == "three-way" {
+            feed(&mut engine, &events, &mut Outputs::default(), None);
+        }
+        return;
+    }
     let (dims, events) = simple_records();
     let simple = if mode.ends_with("sql") {
         simple_sql_pipeline()

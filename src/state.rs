@@ -81,13 +81,13 @@ pub const ENTRY_OVERHEAD: u64 = 80;
 #[derive(Debug)]
 enum Bucket {
     /// One record: most keys of a stream hold one at a time.
-    One(Cell<bool>, Arc<Event>),
+    One(Cell<bool>, u32, Arc<Event>),
     /// Two or more records, in arrival order.
-    Many(Cell<bool>, ThinVec<Arc<Event>>),
+    Many(Cell<bool>, u32, ThinVec<Arc<Event>>),
     /// Records under a key stated apart from them: an empty bucket (a table
     /// that spilled keeps them: "nothing on disk either"), or records whose
     /// own columns do not give the key they were filed under.
-    Keyed(Cell<bool>, Box<Keyed>),
+    Keyed(Cell<bool>, u32, Box<Keyed>),
 }
 
 /// The records of a [`Bucket::Keyed`], and their key.
@@ -100,10 +100,11 @@ struct Keyed {
 const _: () = assert!(std::mem::size_of::<Bucket>() == 16);
 
 impl Bucket {
-    /// A bucket holding nothing under `key`.
-    fn empty(key: &[u8]) -> Self {
+    /// A bucket holding nothing under `key` (whose hash has tag `tag`).
+    fn empty(tag: u32, key: &[u8]) -> Self {
         Bucket::Keyed(
             Cell::new(true),
+            tag,
             Box::new(Keyed {
                 key: key.into(),
                 events: Vec::new(),
@@ -113,46 +114,53 @@ impl Bucket {
 
     fn referenced(&self) -> &Cell<bool> {
         match self {
-            Bucket::One(r, _) | Bucket::Many(r, _) | Bucket::Keyed(r, _) => r,
+            Bucket::One(r, _, _) | Bucket::Many(r, _, _) | Bucket::Keyed(r, _, _) => r,
+        }
+    }
+
+    /// The [`tag`] of its key's hash.
+    fn tag(&self) -> u32 {
+        match self {
+            Bucket::One(_, t, _) | Bucket::Many(_, t, _) | Bucket::Keyed(_, t, _) => *t,
         }
     }
 
     /// The records, in arrival order.
     fn events(&self) -> &[Arc<Event>] {
         match self {
-            Bucket::One(_, e) => std::slice::from_ref(e),
-            Bucket::Many(_, v) => v,
-            Bucket::Keyed(_, k) => &k.events,
+            Bucket::One(_, _, e) => std::slice::from_ref(e),
+            Bucket::Many(_, _, v) => v,
+            Bucket::Keyed(_, _, k) => &k.events,
         }
     }
 
     /// Whether this is the bucket of `key`.
     fn is(&self, key: &[u8], index: &KeyColumns) -> bool {
         match self {
-            Bucket::One(_, e) => index.matches(e, key),
-            Bucket::Many(_, v) => v.first().is_some_and(|e| index.matches(e, key)),
-            Bucket::Keyed(_, k) => *k.key == *key,
+            Bucket::One(_, _, e) => index.matches(e, key),
+            Bucket::Many(_, _, v) => v.first().is_some_and(|e| index.matches(e, key)),
+            Bucket::Keyed(_, _, k) => *k.key == *key,
         }
     }
 
     /// The hash of its key ([`crate::codec::hash_key`]).
     fn hash(&self, index: &KeyColumns) -> u64 {
         match self {
-            Bucket::One(_, e) => index.hash(e),
-            Bucket::Many(_, v) => v.first().map_or(0, |e| index.hash(e)),
-            Bucket::Keyed(_, k) => crate::codec::hash_key(&k.key),
+            Bucket::One(_, _, e) => index.hash(e),
+            Bucket::Many(_, _, v) => v.first().map_or(0, |e| index.hash(e)),
+            Bucket::Keyed(_, _, k) => crate::codec::hash_key(&k.key),
         }
     }
 
     /// Writes its key into `buf` (cleared first).
     fn key_into(&self, index: &KeyColumns, buf: &mut Vec<u8>) {
         match self {
-            Bucket::One(_, e) => index.write(e, buf),
-            Bucket::Many(_, v) => match v.first() {
+            Bucket::One(_, _, e) => index.write(e, buf),
+            Bucket::Many(_, _, v) => match v.first() {
                 Some(e) => index.write(e, buf),
                 None => buf.clear(),
             },
-            Bucket::Keyed(_, k) => {
+            Bucket::Keyed(_, _, k) => {
                 buf.clear();
                 buf.extend_from_slice(&k.key);
             }
@@ -162,19 +170,20 @@ impl Bucket {
     /// Appends `event`, filed under `key` (this bucket's key).
     fn push(&mut self, key: &[u8], event: Arc<Event>, index: &KeyColumns) {
         let own = index.matches(&event, key);
-        let referenced = Cell::new(true);
+        let (referenced, tag) = (Cell::new(true), self.tag());
         match self {
-            Bucket::Many(_, v) if own => v.push(event),
-            Bucket::Keyed(_, k) if !k.events.is_empty() || !own => k.events.push(event),
-            Bucket::Keyed(..) => *self = Bucket::One(referenced, event),
-            Bucket::One(_, first) if own => {
-                *self = Bucket::Many(referenced, thin_vec![first.clone(), event])
+            Bucket::Many(_, _, v) if own => v.push(event),
+            Bucket::Keyed(_, _, k) if !k.events.is_empty() || !own => k.events.push(event),
+            Bucket::Keyed(..) => *self = Bucket::One(referenced, tag, event),
+            Bucket::One(_, _, first) if own => {
+                *self = Bucket::Many(referenced, tag, thin_vec![first.clone(), event])
             }
             Bucket::One(..) | Bucket::Many(..) => {
                 let mut events = self.events().to_vec();
                 events.push(event);
                 *self = Bucket::Keyed(
                     referenced,
+                    tag,
                     Box::new(Keyed {
                         key: key.into(),
                         events,
@@ -201,18 +210,18 @@ impl Bucket {
             self.key_into(index, &mut key);
         }
         let left = match self {
-            Bucket::One(_, e) => usize::from(keep(e)),
-            Bucket::Many(r, v) => {
+            Bucket::One(_, _, e) => usize::from(keep(e)),
+            Bucket::Many(r, t, v) => {
                 v.retain(|e| keep(e));
                 if let (1, Some(only)) = (v.len(), v.last()) {
                     let only = only.clone();
-                    *self = Bucket::One(Cell::new(r.get()), only);
+                    *self = Bucket::One(Cell::new(r.get()), *t, only);
                     1
                 } else {
                     v.len()
                 }
             }
-            Bucket::Keyed(_, k) => {
+            Bucket::Keyed(_, _, k) => {
                 k.events.retain(|e| keep(e));
                 k.events.len()
             }
@@ -221,7 +230,7 @@ impl Bucket {
             return false;
         }
         if keep_empty {
-            *self = Bucket::empty(&key);
+            *self = Bucket::empty(self.tag(), &key);
         }
         !keep_empty
     }
@@ -239,13 +248,13 @@ impl Bucket {
     ) -> (Option<Arc<Event>>, bool) {
         let at = |events: &[Arc<Event>]| events.iter().position(|e| Arc::ptr_eq(e, event));
         let removed = match self {
-            Bucket::One(_, e) if Arc::ptr_eq(e, event) => {
+            Bucket::One(_, _, e) if Arc::ptr_eq(e, event) => {
                 let e = e.clone();
                 return (Some(e), self.retain(index, keep_empty, |_| false));
             }
             Bucket::One(..) => None,
-            Bucket::Many(_, v) => at(v).map(|pos| v.swap_remove(pos)),
-            Bucket::Keyed(_, k) => at(&k.events).map(|pos| k.events.swap_remove(pos)),
+            Bucket::Many(_, _, v) => at(v).map(|pos| v.swap_remove(pos)),
+            Bucket::Keyed(_, _, k) => at(&k.events).map(|pos| k.events.swap_remove(pos)),
         };
         let Some(removed) = removed else {
             return (None, false);
@@ -313,9 +322,26 @@ impl Spill {
     }
 }
 
+/// The 32 bits of a key's xxhash64 a bucket keeps (the high half: the low
+/// byte picks the shard, so it is the same for every key of a shard).
+fn tag(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+/// The hash a shard's table files a key under, from its [`tag`] alone, so
+/// that a growing table rehashes its buckets without reading their records:
+/// the tag spread over 64 bits (Fibonacci hashing), as hashbrown takes its
+/// slot from the low bits and its control byte from the top 7.
+fn table_hash(tag: u32) -> u64 {
+    u64::from(tag).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 impl Shard {
     fn bucket(&self, hash: u64, key: &[u8], index: &KeyColumns) -> Option<&Bucket> {
-        let b = self.buckets.find(hash, |b| b.is(key, index));
+        let t = tag(hash);
+        let b = self
+            .buckets
+            .find(table_hash(t), |b| b.tag() == t && b.is(key, index));
         if let Some(b) = b {
             b.referenced().set(true);
         }
@@ -324,34 +350,73 @@ impl Shard {
 
     /// Appends `event` to the bucket of `key`, made if absent.
     fn push(&mut self, hash: u64, key: &[u8], event: Arc<Event>, index: &KeyColumns) {
-        match self.buckets.find_entry(hash, |b| b.is(key, index)) {
+        let t = tag(hash);
+        match self
+            .buckets
+            .find_entry(table_hash(t), |b| b.tag() == t && b.is(key, index))
+        {
             Ok(entry) => entry.into_mut().push(key, event, index),
             Err(absent) => {
                 let bucket = if index.matches(&event, key) {
-                    Bucket::One(Cell::new(true), event)
+                    Bucket::One(Cell::new(true), t, event)
                 } else {
-                    let mut b = Bucket::empty(key);
+                    let mut b = Bucket::empty(t, key);
                     b.push(key, event, index);
                     b
                 };
                 absent
                     .into_table()
-                    .insert_unique(hash, bucket, |b| b.hash(index));
+                    .insert_unique(table_hash(t), bucket, |b| table_hash(b.tag()));
             }
         }
     }
 
     /// Makes sure `key` has a bucket (an empty one if absent).
     fn touch(&mut self, hash: u64, key: &[u8], index: &KeyColumns) {
-        if let Err(absent) = self.buckets.find_entry(hash, |b| b.is(key, index)) {
+        let t = tag(hash);
+        if let Err(absent) = self
+            .buckets
+            .find_entry(table_hash(t), |b| b.tag() == t && b.is(key, index))
+        {
             absent
                 .into_table()
-                .insert_unique(hash, Bucket::empty(key), |b| b.hash(index));
+                .insert_unique(table_hash(t), Bucket::empty(t, key), |b| {
+                    table_hash(b.tag())
+                });
         }
     }
 
+    /// The bucket of the key whose hash is `hash`, found by the hash alone
+    /// (read from its records only when the tags agree).
+    fn by_hash<'a>(
+        buckets: &'a mut HashTable<Bucket>,
+        hash: u64,
+        index: &KeyColumns,
+    ) -> Option<hashbrown::hash_table::OccupiedEntry<'a, Bucket>> {
+        let t = tag(hash);
+        buckets
+            .find_entry(table_hash(t), |b| b.tag() == t && b.hash(index) == hash)
+            .ok()
+    }
+
+    /// The bucket of `key` (hash `hash`), to change or remove.
+    fn entry<'a>(
+        buckets: &'a mut HashTable<Bucket>,
+        hash: u64,
+        key: &[u8],
+        index: &KeyColumns,
+    ) -> Option<hashbrown::hash_table::OccupiedEntry<'a, Bucket>> {
+        let t = tag(hash);
+        buckets
+            .find_entry(table_hash(t), |b| b.tag() == t && b.is(key, index))
+            .ok()
+    }
+
     fn resident(&self, hash: u64, key: &[u8], index: &KeyColumns) -> bool {
-        self.buckets.find(hash, |b| b.is(key, index)).is_some()
+        let t = tag(hash);
+        self.buckets
+            .find(table_hash(t), |b| b.tag() == t && b.is(key, index))
+            .is_some()
     }
 }
 
@@ -415,7 +480,7 @@ mod tests {
         let b = shard.bucket(h, b"a", &index).map(offsets);
         assert_eq!(b, Some(vec![1]));
         push_all(&mut shard, &index, "a", &[event(2, "a"), event(3, "a")]);
-        let Ok(mut entry) = shard.buckets.find_entry(h, |b| b.is(b"a", &index)) else {
+        let Some(mut entry) = Shard::entry(&mut shard.buckets, h, b"a", &index) else {
             panic!("no bucket for a")
         };
         assert!(matches!(entry.get(), Bucket::Many(..)));
@@ -431,7 +496,7 @@ mod tests {
             "emptied: to be removed"
         );
         assert!(!entry.get_mut().retain(&index, true, |_| false));
-        let Bucket::Keyed(_, k) = entry.get() else {
+        let Bucket::Keyed(_, _, k) = entry.get() else {
             panic!("kept empty: the key stated")
         };
         assert_eq!((&*k.key, k.events.len()), (&b"a"[..], 0));
@@ -464,7 +529,7 @@ mod tests {
             "a",
             &[first.clone(), event(2, "a"), event(3, "a")],
         );
-        let Ok(mut entry) = shard.buckets.find_entry(h, |b| b.is(b"a", &index)) else {
+        let Some(mut entry) = Shard::entry(&mut shard.buckets, h, b"a", &index) else {
             panic!("no bucket for a")
         };
         let (removed, remove) = entry.get_mut().remove_record(&first, &index, false);

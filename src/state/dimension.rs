@@ -95,9 +95,8 @@ impl DimensionTable {
         let shard = &mut self.shards[shard_of(old.index_hash)];
         let stats = &mut shard.stats;
         let index = &self.index;
-        if let Ok(mut entry) = shard
-            .buckets
-            .find_entry(old.index_hash, |b| b.is(&old.index_key, index))
+        if let Some(mut entry) =
+            Shard::entry(&mut shard.buckets, old.index_hash, &old.index_key, index)
         {
             let (removed, remove) = entry.get_mut().remove_record(&old.event, index, keep_empty);
             if let Some(removed) = removed {

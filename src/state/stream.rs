@@ -149,7 +149,7 @@ impl StreamTable {
             let stats = &mut shard.stats;
             // The expiry entry names the key by its hash alone.
             let index = &self.index;
-            if let Ok(mut entry) = shard.buckets.find_entry(hash, |b| b.hash(index) == hash) {
+            if let Some(mut entry) = Shard::by_hash(&mut shard.buckets, hash, index) {
                 let remove = entry.get_mut().retain(index, keep_empty, |e| {
                     let live = is_live(e.timestamp, ttl, watermark);
                     if !live {
