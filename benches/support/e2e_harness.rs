@@ -304,7 +304,9 @@ fn consumer_from(
     let mut tpl = TopicPartitionList::new();
     for t in topics {
         for p in 0..partitions {
-            let from = next.get(&p).map_or(Offset::Beginning, |&o| Offset::Offset(o));
+            let from = next
+                .get(&p)
+                .map_or(Offset::Beginning, |&o| Offset::Offset(o));
             tpl.add_partition_offset(t, p, from).unwrap();
         }
     }
