@@ -69,15 +69,17 @@ impl ShardStats {
 /// Memory a held event costs beyond [`Event::size_bytes`]: its share of the
 /// shard's hash table (a 16-byte bucket and a control byte per slot, at
 /// hashbrown's load), its expiry entry, the `Arc` header (measured by `cargo
-/// bench --bench state`: 77-81 B with one record per key, 64 B with four;
+/// bench --bench state`: 77-81 B with one record per key, 62 B with four;
 /// see docs/performance.md).
 pub const ENTRY_OVERHEAD: u64 = 80;
 
 /// The records of one join key in one shard, in 16 bytes: the key is read
-/// from the records themselves ([`KeyColumns`]), not stored, and the CLOCK
-/// bit ("looked up or changed since the eviction hand last passed") sits
-/// beside the variant's tag. A shard's hash table holds these inline, so at
-/// its usual load of one half to seven eighths they cost 18-36 bytes a key.
+/// from the records themselves ([`KeyColumns`]), not stored; the CLOCK bit
+/// ("looked up or changed since the eviction hand last passed") and the
+/// [`tag`] of the key's hash (the `u32`, which a probe compares before it
+/// reads a record and a growing table rehashes by) sit beside the variant's
+/// tag. A shard's hash table holds these inline, so at its usual load of one
+/// half to seven eighths they cost 18-36 bytes a key.
 #[derive(Debug)]
 enum Bucket {
     /// One record: most keys of a stream hold one at a time.
