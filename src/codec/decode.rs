@@ -285,7 +285,7 @@ impl TopicSchema {
                             })
                         }
                     };
-                    *v = Value::Str(text.into_boxed_str());
+                    *v = Value::Str(text.into());
                 }
                 Some(expected) => {
                     return Err(DecodeError::WrongType {
@@ -491,7 +491,7 @@ fn value_of(raw: &RawValue) -> Result<Value, serde_json::Error> {
         }
         Some(b'"') => {
             let s: String = serde_json::from_str(text)?;
-            Value::Str(s.into_boxed_str())
+            Value::Str(s.into())
         }
         Some(b't') => Value::Bool(true),
         Some(b'f') => Value::Bool(false),

@@ -39,7 +39,8 @@ pub fn write_canonical_key<'a>(
                 write!(out, "{}", *f as i64)
             }
             Value::Float(f) => write!(out, "{f}"),
-            Value::Str(s) | Value::Json(s) => out.write_all(s.as_bytes()),
+            Value::Str(s) => out.write_all(s.as_bytes()),
+            Value::Json(s) => out.write_all(s.as_bytes()),
         };
     }
     true

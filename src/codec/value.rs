@@ -3,7 +3,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// One decoded field value.
+use compact_str::CompactString;
+
+/// One decoded field value, 24 bytes (the enum's tag sits in a niche of
+/// the inline string).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// JSON null, or a field that is absent.
@@ -14,11 +17,15 @@ pub enum Value {
     Int(i64),
     /// Any other JSON number.
     Float(f64),
-    /// A JSON string.
-    Str(Box<str>),
+    /// A JSON string: up to 24 bytes inline, longer ones on the heap
+    /// ([`CompactString`]), so most join keys and short fields are read
+    /// without a pointer hop and decoded without an allocation.
+    Str(CompactString),
     /// A nested JSON object or array, kept as its JSON text.
     Json(Box<str>),
 }
+
+const _: () = assert!(std::mem::size_of::<Value>() == 24);
 
 impl Value {
     /// True for [`Value::Null`].
@@ -29,7 +36,8 @@ impl Value {
     /// Heap bytes this value holds beyond its inline size.
     pub fn heap_bytes(&self) -> usize {
         match self {
-            Value::Str(s) | Value::Json(s) => s.len(),
+            Value::Str(s) if s.is_heap_allocated() => s.len(),
+            Value::Json(s) => s.len(),
             _ => 0,
         }
     }

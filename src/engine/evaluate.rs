@@ -547,7 +547,8 @@ fn build_array<'a>(
             let mut b = StringBuilder::with_capacity(count, count * 16);
             for v in values {
                 match v {
-                    Some(Value::Str(s)) | Some(Value::Json(s)) => b.append_value(s),
+                    Some(Value::Str(s)) => b.append_value(s),
+                    Some(Value::Json(s)) => b.append_value(s),
                     _ => b.append_null(),
                 }
             }

@@ -56,7 +56,8 @@ impl KeyColumns {
     fn single_text<'a>(&self, event: &'a Event) -> Option<&'a [u8]> {
         match (&*self.0, &*event.values) {
             ([c], values) => match values.get(*c)? {
-                crate::codec::Value::Str(s) | crate::codec::Value::Json(s) => Some(s.as_bytes()),
+                crate::codec::Value::Str(s) => Some(s.as_bytes()),
+                crate::codec::Value::Json(s) => Some(s.as_bytes()),
                 _ => None,
             },
             _ => None,

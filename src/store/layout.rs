@@ -169,17 +169,17 @@ pub fn encode_event(event: &Event, expire_at: i64, out: &mut Vec<u8>) {
                 out.push(FLOAT);
                 out.extend_from_slice(&f.to_le_bytes());
             }
-            Value::Str(s) | Value::Json(s) => {
-                out.push(if matches!(v, Value::Str(_)) {
-                    STR
-                } else {
-                    JSON
-                });
-                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
+            Value::Str(s) => push_text(out, STR, s),
+            Value::Json(s) => push_text(out, JSON, s),
         }
     }
+}
+
+/// Appends a text value: its tag, its length (u32, little-endian), its bytes.
+fn push_text(out: &mut Vec<u8>, tag: u8, text: &str) {
+    out.push(tag);
+    out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -200,11 +200,9 @@ impl<'a> Reader<'a> {
             .map_err(|_| LayoutError("truncated"))
     }
 
-    fn text(&mut self) -> Result<Box<str>, LayoutError> {
+    fn text(&mut self) -> Result<&'a str, LayoutError> {
         let n = u32::from_le_bytes(self.array()?) as usize;
-        std::str::from_utf8(self.take(n)?)
-            .map(Box::from)
-            .map_err(|_| LayoutError("text is not UTF-8"))
+        std::str::from_utf8(self.take(n)?).map_err(|_| LayoutError("text is not UTF-8"))
     }
 }
 
@@ -232,8 +230,8 @@ pub fn decode_event(bytes: &[u8]) -> Result<(i64, Event), LayoutError> {
             BOOL => Value::Bool(r.array::<1>()?[0] != 0),
             INT => Value::Int(i64::from_le_bytes(r.array()?)),
             FLOAT => Value::Float(f64::from_le_bytes(r.array()?)),
-            STR => Value::Str(r.text()?),
-            JSON => Value::Json(r.text()?),
+            STR => Value::Str(r.text()?.into()),
+            JSON => Value::Json(r.text()?.into()),
             _ => return Err(LayoutError("unknown value tag")),
         });
     }
