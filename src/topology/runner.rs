@@ -393,6 +393,10 @@ impl<'a> Runner<'a> {
             outputs.push(self.out.key(row), value, driving);
             written += 1;
         }
+        self.sink
+            .hand_over(outputs)
+            .map_err(|e| RunError::kafka(self.pipeline, e))?;
+        self.metrics.output_records(written);
         self.out.clear_rows();
         if !unfit.is_empty() {
             self.out.dead_letters.extend(unfit);
@@ -408,16 +412,10 @@ impl<'a> Runner<'a> {
             .engine
             .is_durable()
             .then(|| self.engine.checkpoint(offsets));
-        // The batch's metrics first: whoever reads one of its outputs then
-        // finds it counted (the output thread writes them at once).
-        self.metrics.output_records(written);
-        self.metrics
-            .record_batch(&self.engine, started, events, sql_before);
-        self.sink
-            .hand_over(outputs)
-            .map_err(|e| RunError::kafka(self.pipeline, e))?;
         let epoch = self.sink.seal();
         self.ledger.seal(epoch, commit, checkpoint);
+        self.metrics
+            .record_batch(&self.engine, started, events, sql_before);
         Ok(())
     }
 
