@@ -6,7 +6,6 @@ pub mod bootstrap;
 pub mod dlq;
 pub mod peek;
 pub mod refusal;
-pub mod sender;
 pub mod sink;
 pub mod source;
 

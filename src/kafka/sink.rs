@@ -2,8 +2,7 @@
 //! *epoch* (the records produced from one engine flush). An epoch is
 //! delivered once every record of it, and of every earlier epoch, is
 //! acknowledged by the broker; what that makes committable is the
-//! [`crate::offsets::Ledger`]'s business. Output rows are written by the
-//! output thread ([`super::sender`]); dead letters here, at once.
+//! [`crate::offsets::Ledger`]'s business.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +14,6 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
-use super::sender::{OutputBatch, Sender};
 use super::{client_config, KafkaError};
 
 pub use crate::offsets::CommitOffsets;
@@ -39,16 +37,6 @@ pub struct SinkContext {
 struct Reports {
     acked: HashMap<usize, u64>,
     failure: Option<KafkaError>,
-}
-
-impl SinkContext {
-    /// Keeps `error` as the producer's failure (the first one wins); the
-    /// next [`Sink::poll`] returns it.
-    pub(super) fn fail(&self, error: KafkaError) {
-        if let Ok(mut reports) = self.reports.lock() {
-            reports.failure.get_or_insert(error);
-        }
-    }
 }
 
 impl ClientContext for SinkContext {
@@ -87,9 +75,7 @@ struct Epoch {
 
 /// The producer plus epoch bookkeeping.
 pub struct Sink {
-    producer: Arc<BaseProducer<SinkContext>>,
-    /// The output thread, started with the first output batch.
-    sender: Option<Sender>,
+    producer: BaseProducer<SinkContext>,
     sealed: VecDeque<Epoch>,
     open_id: usize,
     open_sent: u64,
@@ -112,8 +98,7 @@ impl Sink {
             .create_with_context(SinkContext::default())
             .map_err(|e| KafkaError::client("cannot create the producer", e))?;
         Ok(Self {
-            producer: Arc::new(producer),
-            sender: None,
+            producer,
             sealed: VecDeque::new(),
             open_id: 1,
             open_sent: 0,
@@ -176,38 +161,21 @@ impl Sink {
         Ok(())
     }
 
-    /// An empty batch of output rows for `topic`, to fill and
-    /// [`Sink::hand_over`]. Starts the output thread the first time.
-    pub fn batch(&mut self, topic: &str) -> Result<OutputBatch, KafkaError> {
-        Ok(self.sender()?.batch(topic))
-    }
-
-    /// Hands `batch` to the output thread, in the open epoch: its rows count
-    /// as sent now and are acknowledged as the thread writes them. Waits
-    /// while the thread is a batch behind.
-    pub fn hand_over(&mut self, batch: OutputBatch) -> Result<(), KafkaError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let rows = batch.len() as u64;
-        let epoch = self.open_id;
-        let handed = self.sender()?.hand_over(batch, epoch);
-        if handed.is_err() {
-            // The thread stopped on a failure: that is the error to report.
-            self.check_failure()?;
-        }
-        handed?;
-        self.open_sent += rows;
-        self.produced += rows;
-        Ok(())
-    }
-
-    fn sender(&mut self) -> Result<&Sender, KafkaError> {
-        if self.sender.is_none() {
-            let shutdown = self.shutdown.clone().unwrap_or_default();
-            self.sender = Some(Sender::start(self.producer.clone(), shutdown)?);
-        }
-        self.sender.as_ref().ok_or(KafkaError::Interrupted)
+    /// Produces an output row, with the source headers of its driving event.
+    pub fn send_output(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        driving: (&str, i32, i64),
+    ) -> Result<(), KafkaError> {
+        let h = super::with_source_headers(
+            OwnedHeaders::new_with_capacity(3),
+            driving.0,
+            driving.1,
+            driving.2,
+        );
+        self.send(topic, key, Some(value), h)
     }
 
     /// Produces a dead letter of `pipeline` to `topic`: its original headers
@@ -314,13 +282,8 @@ impl Sink {
         }
     }
 
-    /// Waits (up to `timeout`) for the output thread to write what it was
-    /// handed, then flushes librdkafka's queue.
+    /// Flushes librdkafka's queue.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let deadline = Instant::now() + timeout;
-        while self.sender.as_ref().is_some_and(|s| !s.idle()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
         self.producer
             .flush(timeout)
             .map_err(|e| KafkaError::client("cannot flush the producer", e))

@@ -376,10 +376,6 @@ impl<'a> Runner<'a> {
         self.send_dead_letters(batch)?;
         let mut unfit = Vec::new();
         let mut written = 0u64;
-        let mut outputs = self
-            .sink
-            .batch(&self.pipeline.output.topic)
-            .map_err(|e| RunError::kafka(self.pipeline, e))?;
         for row in &self.out.rows {
             let d = row.driving;
             let driving = (self.engine.topic_name(d.topic), d.partition, d.offset);
@@ -390,12 +386,17 @@ impl<'a> Runner<'a> {
                     continue;
                 }
             };
-            outputs.push(self.out.key(row), value, driving);
+            let sent = self.sink.send_output(
+                &self.pipeline.output.topic,
+                self.out.key(row),
+                value,
+                driving,
+            );
+            if let Err(e) = sent {
+                return Err(RunError::kafka(self.pipeline, e));
+            }
             written += 1;
         }
-        self.sink
-            .hand_over(outputs)
-            .map_err(|e| RunError::kafka(self.pipeline, e))?;
         self.metrics.output_records(written);
         self.out.clear_rows();
         if !unfit.is_empty() {
