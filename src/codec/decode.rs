@@ -517,6 +517,37 @@ mod tests {
         )
     }
 
+    /// Strings either side of the 24 bytes a `Value::Str` holds inline,
+    /// escaped or not, non-ASCII or not, read back as written; only a
+    /// string on the heap counts heap bytes; each survives the stored layout.
+    #[test]
+    fn strings_either_side_of_the_inline_limit_read_back_whole() {
+        let mut s = schema();
+        let texts = [
+            "a".repeat(24),
+            "b".repeat(25),
+            "é".repeat(12),
+            "ü".repeat(13),
+            format!("{}\\n\\\"x", "c".repeat(30)),
+        ];
+        for text in texts {
+            let value = format!("{{\"id\":\"{text}\",\"amount\":1}}");
+            let e = s.decode(0, 0, 0, 0, None, value.as_bytes()).unwrap();
+            let expect: String = serde_json::from_str(&format!("\"{text}\"")).unwrap();
+            assert_eq!(e.values[0], Value::Str(expect.as_str().into()), "{text}");
+            let heap = e.values[0].heap_bytes();
+            assert_eq!(
+                heap,
+                if expect.len() > 24 { expect.len() } else { 0 },
+                "{text}"
+            );
+            let mut stored = Vec::new();
+            crate::store::layout::encode_event(&e, 7, &mut stored);
+            let (_, back) = crate::store::layout::decode_event(&stored).unwrap();
+            assert_eq!(back.values, e.values, "{text}");
+        }
+    }
+
     /// Bytes that are not UTF-8 are read as before the whole-value check:
     /// in a field the query skips they do not matter, in one it reads they
     /// make the record a dead letter.
